@@ -1,0 +1,114 @@
+//! Every error the API returns, mapped to an HTTP status in one place.
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use wattdb_ingest::{JsonError, LineProtocolError, UnknownPrecision};
+
+/// An error answer: JSON `{"error": "...", ...}` with a status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    LineProtocol(LineProtocolError),
+    #[error("{0}")]
+    Json(JsonError),
+    #[error("{0}")]
+    Precision(UnknownPrecision),
+    #[error("{0}")]
+    Body(BytesRejection),
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    #[error("{}", chain(.0))]
+    Engine(wattdb_engine::Error),
+    #[error("{0}")]
+    Query(wattdb_query::Error),
+}
+
+/// An error and its causes, joined with ": ".
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        use wattdb_engine::Error as E;
+        use wattdb_query::Error as Q;
+        match self {
+            ApiError::LineProtocol(_)
+            | ApiError::Json(_)
+            | ApiError::Precision(_)
+            | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Body(r) => r.status(),
+            ApiError::Engine(e) => match e {
+                E::QueueFull { .. } | E::BufferFull { .. } | E::ShuttingDown | E::Poisoned => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                E::Wal(_) | E::DataDir { .. } | E::Locked { .. } | E::Thread(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            },
+            ApiError::Query(q) => match q {
+                Q::Sql(_) | Q::NotOneStatement(_) | Q::NotReadOnly | Q::Plan(_) => {
+                    StatusCode::BAD_REQUEST
+                }
+                Q::MemoryLimit(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                Q::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
+                Q::DataFusion(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut body = json!({ "error": self.to_string() });
+        if let ApiError::LineProtocol(e) = &self {
+            body["line"] = json!(e.line());
+        }
+        if let ApiError::Json(e) = &self {
+            let p = e.position();
+            body["element"] = json!(p.index);
+            body["line"] = json!(p.line);
+            body["column"] = json!(p.column);
+        }
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
+        }
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE
+            && matches!(&self, ApiError::Engine(e) if e.is_retryable())
+        {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl From<wattdb_engine::Error> for ApiError {
+    fn from(e: wattdb_engine::Error) -> Self {
+        ApiError::Engine(e)
+    }
+}
+
+impl From<wattdb_query::Error> for ApiError {
+    fn from(e: wattdb_query::Error) -> Self {
+        ApiError::Query(e)
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> Self {
+        ApiError::Body(e)
+    }
+}

@@ -1,0 +1,238 @@
+//! The `wattdb` binary: `serve`, and the WAL `check`/`repair` tools.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tracing::{info, warn};
+use wattdb_api::{ApiConfig, AppState};
+use wattdb_engine::{Engine, EngineConfig};
+use wattdb_query::{QueryConfig, QueryEngine};
+use wattdb_storage::wal;
+
+/// WattDB: a time-series engine for smart-plug telemetry.
+#[derive(Debug, Parser)]
+#[command(name = "wattdb", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: HTTP writes and queries over a durable write-ahead log.
+    Serve(ServeArgs),
+    /// Inspect or repair the write-ahead log of a stopped server.
+    Wal {
+        #[command(subcommand)]
+        command: WalCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Where WattDB keeps its files (the WAL in DIR/wal).
+    #[arg(
+        long,
+        env = "WATTDB_DATA_DIR",
+        default_value = "wattdb-data",
+        value_name = "DIR"
+    )]
+    data_dir: PathBuf,
+    /// Address for the HTTP API (port 0 picks a free port).
+    #[arg(long, env = "WATTDB_HTTP_ADDR", default_value = "127.0.0.1:8181")]
+    http_addr: SocketAddr,
+    /// Accept requests without authentication (local experiments only). This build
+    /// has no authentication yet, so `serve` requires this flag.
+    #[arg(long)]
+    without_auth: bool,
+    /// How long the WAL writer gathers writes into one fsync, in milliseconds.
+    #[arg(long, default_value_t = 2, value_name = "MS")]
+    group_commit_ms: u64,
+    /// Size at which WAL segments roll, in MiB.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    wal_segment_mib: u64,
+    /// Largest request body in bytes, after decompression (larger: 413).
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
+    max_body_bytes: usize,
+    /// Write batches that may wait for the WAL; more get 503 (backpressure).
+    #[arg(long, default_value_t = 4096, value_name = "BATCHES")]
+    write_queue: usize,
+    /// Memory the in-memory buffer may hold before writes get 503, in MiB.
+    #[arg(long, default_value_t = 4096, value_name = "MIB")]
+    max_buffer_mib: usize,
+    /// Memory one query may use, in MiB.
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    query_memory_mib: usize,
+    /// Longest a query may run, in seconds.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    query_timeout_s: u64,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum WalCommand {
+    /// List damaged WAL segments without changing anything (exit code 1 if any).
+    Check {
+        #[arg(long, default_value = "wattdb-data", value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+    /// Rewrite damaged segments with every record that still checks out; the
+    /// originals move to DIR/wal/quarantine/. Run it with the server stopped.
+    Repair {
+        #[arg(long, default_value = "wattdb-data", value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_tracing(args.log_format);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("wattdb")
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(serve(args))
+        }
+        Command::Wal { command } => {
+            init_tracing(LogFormat::Text);
+            wal_command(command)
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if !args.without_auth {
+        bail!(
+            "authentication is not available in this build yet; start with --without-auth to accept unauthenticated requests (local experiments only)"
+        );
+    }
+    let engine_config = EngineConfig {
+        data_dir: args.data_dir.clone(),
+        group_commit_window: Duration::from_millis(args.group_commit_ms),
+        wal_segment_size: args.wal_segment_mib.max(1) << 20,
+        queue_capacity: args.write_queue.max(1),
+        max_buffer_bytes: args.max_buffer_mib << 20,
+        ..EngineConfig::default()
+    };
+    let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config))
+        .await
+        .context("engine start panicked")?
+        .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?;
+    let query = QueryEngine::new(
+        engine.clone(),
+        QueryConfig {
+            memory_limit: args.query_memory_mib << 20,
+            deadline: Duration::from_secs(args.query_timeout_s.max(1)),
+            ..QueryConfig::default()
+        },
+    );
+    let state = AppState {
+        engine: engine.clone(),
+        query: Arc::new(query),
+    };
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.http_addr))?;
+    let addr = listener.local_addr().context("listener has no address")?;
+    warn!(
+        "running WITHOUT AUTHENTICATION: anyone who can reach {addr} can read and write every plug's data"
+    );
+    info!(%addr, data_dir = %args.data_dir.display(), "WattDB is ready");
+    // Tests and scripts read this line to learn the port.
+    println!("wattdb listening on http://{addr}");
+    let api = ApiConfig {
+        max_body_bytes: args.max_body_bytes,
+    };
+    wattdb_api::serve(listener, state, &api, shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+    info!("HTTP server stopped; committing queued writes");
+    tokio::task::spawn_blocking(move || engine.shutdown())
+        .await
+        .context("engine shutdown panicked")?;
+    info!("WattDB stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(error) => {
+            warn!(%error, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("interrupt: shutting down"),
+    }
+}
+
+fn wal_command(command: WalCommand) -> anyhow::Result<()> {
+    match command {
+        WalCommand::Check { data_dir } => {
+            let dir = data_dir.join("wal");
+            let damage =
+                wal::check(&dir).with_context(|| format!("cannot read {}", dir.display()))?;
+            if damage.is_empty() {
+                println!("WAL in {} is intact", dir.display());
+                return Ok(());
+            }
+            for d in &damage {
+                println!(
+                    "segment {}: {} at offset {} ({} valid records before, {} after)",
+                    d.segment, d.damage, d.offset, d.records_before, d.records_after
+                );
+            }
+            std::process::exit(1);
+        }
+        WalCommand::Repair { data_dir } => {
+            let dir = data_dir.join("wal");
+            let repaired =
+                wal::repair(&dir).with_context(|| format!("cannot repair {}", dir.display()))?;
+            if repaired.is_empty() {
+                println!("WAL in {} is intact; nothing to repair", dir.display());
+            }
+            for d in &repaired {
+                println!(
+                    "segment {}: {} at offset {}; kept {} records, original moved to {}",
+                    d.segment,
+                    d.damage,
+                    d.offset,
+                    d.records_before + d.records_after,
+                    dir.join("quarantine").display()
+                );
+            }
+            Ok(())
+        }
+    }
+}

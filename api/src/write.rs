@@ -1,0 +1,85 @@
+//! Write routes: InfluxDB line protocol and JSON readings.
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use serde::Deserialize;
+use wattdb_ingest::{Precision, ReadingBatch, decode_json_readings, decode_line_protocol};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Bodies larger than this are decoded off the async runtime.
+const DECODE_INLINE_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Deserialize)]
+pub struct WriteParams {
+    /// `ns` (default), `us`, `ms`, `s` (v1 also `n`, `u`, `m`, `h`). `org`, `bucket`,
+    /// `db` and the rest of InfluxDB's parameters are accepted and ignored.
+    precision: Option<String>,
+}
+
+/// `POST /api/v2/write`, `POST /write`: line protocol; 204 once durable.
+pub async fn line_protocol(
+    State(app): State<AppState>,
+    Query(params): Query<WriteParams>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let body = body?;
+    let precision = match params.precision.as_deref() {
+        None | Some("") => Precision::Ns,
+        Some(p) => p.parse().map_err(ApiError::Precision)?,
+    };
+    let now = now_ns();
+    let len = body.len();
+    let decode = move || {
+        let mut batch = ReadingBatch::new();
+        decode_line_protocol(&body, precision, now, &mut batch)
+            .map(|_| batch)
+            .map_err(ApiError::LineProtocol)
+    };
+    let batch = run_decode(len, decode).await?;
+    app.engine.write(batch).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/readings`: a JSON array of readings (or one object); 204 once durable.
+pub async fn json_readings(
+    State(app): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let body = body?;
+    let now = now_ns();
+    let len = body.len();
+    let decode = move || {
+        let mut batch = ReadingBatch::new();
+        decode_json_readings(&body, now, &mut batch)
+            .map(|_| batch)
+            .map_err(ApiError::Json)
+    };
+    let batch = run_decode(len, decode).await?;
+    app.engine.write(batch).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Decodes on the async runtime when the body is small, on a blocking thread when it
+/// would hold a runtime worker for long.
+async fn run_decode(
+    len: usize,
+    decode: impl FnOnce() -> Result<ReadingBatch, ApiError> + Send + 'static,
+) -> Result<ReadingBatch, ApiError> {
+    if len <= DECODE_INLINE_BYTES {
+        return decode();
+    }
+    match tokio::task::spawn_blocking(decode).await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}

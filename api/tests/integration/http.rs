@@ -1,0 +1,326 @@
+//! Writes and reads through real HTTP.
+
+use serde_json::Value;
+
+use crate::support::{Server, lp_line};
+
+const T0: i64 = 1_700_000_000_000_000_000;
+
+fn count(server: &Server) -> i64 {
+    server.sql("SELECT count(*) AS n FROM readings")[0]["n"]
+        .as_i64()
+        .unwrap()
+}
+
+#[test]
+fn line_protocol_write_then_sql_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let body = format!(
+        "{}\n{}\n# a comment\n\n{}\n",
+        lp_line("plug-1", T0, 100.0),
+        lp_line("plug-1", T0 + 1_000_000_000, 110.0),
+        "power_metrics,device_id=plug\\ 2,location=living\\,room voltage=229.5,current=1i,power=229u 1700000002"
+    );
+    // plug ids may not hold spaces: the whole request is refused.
+    let (status, err) = server.write_lp(&body);
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(count(&server), 0);
+
+    let body = format!(
+        "{}\n{}\n{}\n",
+        lp_line("plug-1", T0, 100.0),
+        lp_line("plug-1", T0 + 1_000_000_000, 110.0),
+        "power_metrics,device_id=plug-2,location=living\\,room voltage=229.5,current=1i,power=229u 1700000002000000000"
+    );
+    let (status, body) = server.write_lp(&body);
+    assert_eq!((status, body.as_str()), (204, ""));
+    let rows = server.sql(
+        "SELECT device_id, CAST(ts AS BIGINT) AS t, voltage, current, power, energy, relay_on, location \
+         FROM readings ORDER BY device_id, ts",
+    );
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["device_id"], "plug-1");
+    assert_eq!(rows[0]["t"], T0);
+    assert_eq!(rows[1]["power"], 110.0);
+    assert_eq!(rows[0]["relay_on"], true);
+    assert_eq!(rows[2]["location"], "living,room");
+    assert_eq!(rows[2]["current"], 1.0);
+    assert_eq!(rows[2]["power"], 229.0);
+    assert_eq!(rows[2]["energy"], Value::Null);
+    assert_eq!(rows[2]["relay_on"], Value::Null);
+}
+
+#[test]
+fn v1_write_route_precision_and_missing_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let (status, _) = server.post(
+        "/write?db=x&precision=s",
+        "text/plain",
+        b"power_metrics,device_id=p1 voltage=230,current=0.1,power=23 1700000000",
+    );
+    assert_eq!(status, 204);
+    let before = wattdb_api::now_ns();
+    let (status, _) = server.post(
+        "/api/v2/write?org=o&bucket=b&precision=ms",
+        "text/plain",
+        b"power_metrics,device_id=p2 voltage=230,current=0.1,power=23",
+    );
+    assert_eq!(status, 204);
+    let rows =
+        server.sql("SELECT device_id, CAST(ts AS BIGINT) AS t FROM readings ORDER BY device_id");
+    assert_eq!(rows[0]["t"], 1_700_000_000_000_000_000i64);
+    let arrival = rows[1]["t"].as_i64().unwrap();
+    assert!(
+        arrival >= before && arrival < before + 60_000_000_000,
+        "{arrival}"
+    );
+    let (status, body) = server.post("/api/v2/write?precision=fortnight", "text/plain", b"");
+    assert_eq!(status, 400);
+    assert!(body.contains("fortnight"), "{body}");
+}
+
+#[test]
+fn json_readings_write_then_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let body = r#"[
+        {"device_id": "plug-7", "ts": "2023-11-14T22:13:20Z", "voltage": 231.0, "current": 0.2, "power": 46.2, "energy": 10.5, "relay_state": true, "location": "office"},
+        {"device_id": "plug-7", "ts": 1700000001, "voltage": 231.1, "current": 0.3, "power": 69.3}
+    ]"#;
+    let (status, err) = server.post("/api/v1/readings", "application/json", body.as_bytes());
+    assert_eq!(status, 204, "{err}");
+    let rows = server
+        .sql("SELECT CAST(ts AS BIGINT) AS t, power, energy, location FROM readings ORDER BY ts");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["t"], T0);
+    assert_eq!(rows[0]["location"], "office");
+    assert_eq!(rows[1]["t"], T0 + 1_000_000_000);
+    assert_eq!(rows[1]["energy"], Value::Null);
+
+    let bad = r#"[{"device_id": "plug-8", "voltage": 1, "current": 1, "power": 1},
+                  {"device_id": "plug-8", "voltage": "high", "current": 1, "power": 1}]"#;
+    let (status, body) = server.post("/api/v1/readings", "application/json", bad.as_bytes());
+    assert_eq!(status, 400);
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["element"], 1, "{body}");
+    assert!(err["error"].as_str().unwrap().contains("voltage"), "{body}");
+    assert_eq!(count(&server), 2);
+}
+
+#[test]
+fn every_kind_of_bad_line_is_refused_with_its_line_number_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let good = lp_line("plug-ok", T0, 1.0);
+    let cases: &[(&str, &str)] = &[
+        ("cpu,device_id=p voltage=1,current=1,power=1", "cpu"),
+        (
+            "power_metrics,location=x voltage=1,current=1,power=1",
+            "device_id",
+        ),
+        ("power_metrics,device_id=p current=1,power=1", "voltage"),
+        (
+            "power_metrics,device_id=p voltage=abc,current=1,power=1",
+            "voltage",
+        ),
+        (
+            "power_metrics,device_id=p voltage=1,current=\"x\",power=1",
+            "current",
+        ),
+        (
+            "power_metrics,device_id=p voltage=1,current=1,power=1,relay_state=maybe",
+            "relay_state",
+        ),
+        (
+            "power_metrics,device_id=p voltage=1,current=1,power=1 notatime",
+            "timestamp",
+        ),
+        (
+            "power_metrics,device_id=p voltage=1,current=1,power=1 -5",
+            "timestamp",
+        ),
+        (
+            "power_metrics,device_id=p voltage=1,current=1,power=1 99999999999999999999",
+            "timestamp",
+        ),
+        (
+            "power_metrics,device_id=p/q voltage=1,current=1,power=1",
+            "device_id",
+        ),
+        ("power_metrics,device_id=p", "field"),
+        (
+            "power_metrics,device_id=p voltage=1e999,current=1,power=1",
+            "voltage",
+        ),
+        (
+            "power_metrics,device_id=p voltage=1,current=1,power=1 1 extra",
+            "",
+        ),
+    ];
+    for (bad, needle) in cases {
+        let body = format!("{good}\n{bad}\n{good}\n");
+        let (status, body_text) = server.write_lp(&body);
+        assert_eq!(status, 400, "{bad}: {body_text}");
+        let err: Value = serde_json::from_str(&body_text).unwrap();
+        assert_eq!(err["line"], 2, "{bad}: {body_text}");
+        let msg = err["error"].as_str().unwrap();
+        assert!(msg.starts_with("line 2"), "{bad}: {msg}");
+        assert!(msg.contains(needle), "{bad}: {msg} should name {needle}");
+    }
+    // Invalid UTF-8 on line 2.
+    let mut body = format!("{good}\n").into_bytes();
+    body.extend_from_slice(b"power_metrics,device_id=\xff voltage=1,current=1,power=1\n");
+    let (status, body_text) = server.post("/api/v2/write", "text/plain", &body);
+    assert_eq!(status, 400);
+    assert!(body_text.contains("line 2"), "{body_text}");
+    assert_eq!(count(&server), 0, "a refused request must store nothing");
+}
+
+#[test]
+fn oversized_body_gets_413_and_queries_are_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--max-body-bytes", "1024"]);
+    let big: String = (0..100).map(|i| lp_line("p", T0 + i, 1.0) + "\n").collect();
+    let (status, body) = server.write_lp(&big);
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("error"), "{body}");
+    assert_eq!(count(&server), 0);
+
+    for sql in [
+        "DROP TABLE readings",
+        "CREATE TABLE t (a INT)",
+        "SET x = 1",
+        "SELECT 1; SELECT 2",
+    ] {
+        let (status, body) = server.query(sql, "json");
+        assert_eq!(status, 400, "{sql}: {body}");
+    }
+    let (status, body) = server.query("SELECT nope FROM readings", "json");
+    assert_eq!(status, 400);
+    assert!(body.contains("nope"), "{body}");
+    let (status, _) = server.get("/health");
+    assert_eq!(status, 200);
+    let (status, _) = server.get("/no/such/route");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn csv_format_and_empty_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    assert!(server.sql("SELECT * FROM readings").is_empty());
+    let (status, body) = server.query("SELECT device_id, power FROM readings", "csv");
+    assert_eq!((status, body.trim()), (200, "device_id,power"));
+    let lines: String = (0..3)
+        .map(|i| lp_line(&format!("p{i}"), T0, i as f64) + "\n")
+        .collect();
+    assert_eq!(server.write_lp(&lines).0, 204);
+    let (status, body) = server.query(
+        "SELECT device_id, power FROM readings ORDER BY device_id",
+        "csv",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(body, "device_id,power\np0,0.0\np1,1.0\np2,2.0\n");
+    let (status, body) = server.query("SELECT 1", "parquet-ish");
+    assert_eq!(status, 400, "{body}");
+}
+
+#[test]
+fn data_survives_a_clean_restart_and_duplicates_resolve_to_the_last_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &[]);
+    assert_eq!(server.write_lp(&lp_line("p", T0, 1.0)).0, 204);
+    assert_eq!(server.write_lp(&lp_line("p", T0, 2.0)).0, 204);
+    server.stop();
+    // A second server on the same directory while the first runs is refused.
+    let server = Server::start(&data, &[]);
+    let rows = server.sql("SELECT power FROM readings");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["power"], 2.0);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wattdb"))
+        .args([
+            "serve",
+            "--without-auth",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another WattDB process"));
+}
+
+#[test]
+fn serve_without_the_auth_flag_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wattdb"))
+        .args(["serve", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--without-auth"));
+}
+
+#[test]
+fn wal_check_and_repair_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &[]);
+    for i in 0..3 {
+        assert_eq!(server.write_lp(&lp_line("p", T0 + i, i as f64)).0, 204);
+    }
+    server.kill();
+    // Damage the first of the three records: later records prove it was synced.
+    let seg = std::fs::read_dir(data.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .min()
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[32 + 30] ^= 0x55;
+    std::fs::write(&seg, &bytes).unwrap();
+    let wattdb = env!("CARGO_BIN_EXE_wattdb");
+    let out = std::process::Command::new(wattdb)
+        .args([
+            "serve",
+            "--without-auth",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("corrupt at offset 32"), "{stderr}");
+    assert!(stderr.contains("wattdb wal repair"), "{stderr}");
+    let check = std::process::Command::new(wattdb)
+        .args(["wal", "check", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("offset 32"));
+    let repair = std::process::Command::new(wattdb)
+        .args(["wal", "repair", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        repair.status.success(),
+        "{}",
+        String::from_utf8_lossy(&repair.stderr)
+    );
+    let server = Server::start(&data, &[]);
+    let rows = server.sql("SELECT power FROM readings ORDER BY ts");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["power"], 1.0);
+}

@@ -1,0 +1,165 @@
+//! Starting and stopping a real `wattdb serve`, and a small HTTP client.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub data_dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Server {
+    /// Starts `wattdb serve` on a free loopback port with data in `data_dir`.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let mut s = Server {
+            child: None,
+            url: String::new(),
+            data_dir: data_dir.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.with_extension("log"))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wattdb"))
+            .args([
+                "serve",
+                "--without-auth",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(&self.data_dir)
+            .args(&self.extra)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start wattdb");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines
+            .next()
+            .unwrap_or_else(|| {
+                panic!(
+                    "wattdb exited: see {}",
+                    self.data_dir.with_extension("log").display()
+                )
+            })
+            .unwrap();
+        let url = line
+            .strip_prefix("wattdb listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        self.url = url.to_owned();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: the process gets no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = c.id() as i32;
+            // SAFETY-free: libc::kill only sends a signal to our own child.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+            let status = c.wait().unwrap();
+            assert!(status.success(), "wattdb exited with {status}");
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn post(&self, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+        let r = agent()
+            .post(&format!("{}{path}", self.url))
+            .set("Content-Type", content_type)
+            .send_bytes(body);
+        response(r)
+    }
+
+    pub fn write_lp(&self, body: &str) -> (u16, String) {
+        self.post("/api/v2/write", "text/plain", body.as_bytes())
+    }
+
+    /// Runs SQL and returns the rows as JSON objects; panics on any error.
+    pub fn sql(&self, sql: &str) -> Vec<Value> {
+        let (status, body) = self.query(sql, "json");
+        assert_eq!(status, 200, "{sql}: {body}");
+        serde_json::from_str::<Vec<Value>>(&body)
+            .unwrap_or_else(|e| panic!("{e}: {body:.200}\nserver log:\n{}", self.log_tail()))
+    }
+
+    /// The last lines the server logged.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    pub fn query(&self, sql: &str, format: &str) -> (u16, String) {
+        let body = serde_json::json!({"sql": sql, "format": format}).to_string();
+        self.post("/api/v1/query", "application/json", body.as_bytes())
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        response(agent().get(&format!("{}{path}", self.url)).call())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build()
+}
+
+pub fn response(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
+    match r {
+        Ok(resp) => {
+            let status = resp.status();
+            let mut body = String::new();
+            match std::io::Read::read_to_string(&mut resp.into_reader(), &mut body) {
+                Ok(_) => (status, body),
+                Err(e) => (status, format!("<body read failed: {e}>")),
+            }
+        }
+        Err(ureq::Error::Status(code, resp)) => (code, resp.into_string().unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// One line of line protocol for plug `device` at time `ts` (ns).
+pub fn lp_line(device: &str, ts: i64, power: f64) -> String {
+    format!(
+        "power_metrics,device_id={device},location=lab voltage=230.1,current={:.3},power={power:.1},energy=1.5,relay_state=true {ts}",
+        power / 230.1
+    )
+}

@@ -1,0 +1,119 @@
+//! The engine's write path: buffer insert, and concurrent writers through the queue,
+//! group-committed WAL and buffer (rows/s).
+//!
+//! `cargo bench -p wattdb-engine --bench write_path`
+
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use wattdb_engine::{Buffer, Engine, EngineConfig, ReadingBatch, ReadingRef};
+
+fn readings(rows: usize, offset: usize) -> ReadingBatch {
+    let mut b = ReadingBatch::with_capacity(rows);
+    let mut id = String::new();
+    for i in offset..offset + rows {
+        use std::fmt::Write;
+        id.clear();
+        let _ = write!(id, "plug-{:06}", i % 10_000);
+        let power = ((i * 7919) % 20000) as f64 / 10.0;
+        b.push(ReadingRef {
+            device_id: &id,
+            ts: 1_700_000_000_000_000_000 + (i / 10_000) as i64 * 1_000_000_000,
+            voltage: 230.0 + ((i % 50) as f64) / 10.0,
+            current: (power / 230.0 * 1000.0).round() / 1000.0,
+            power,
+            energy: Some(1000.0 + i as f64 / 3600.0),
+            relay_on: Some(power > 0.0),
+            location: Some("kitchen"),
+            device_type: None,
+        });
+    }
+    b
+}
+
+fn bench_buffer(c: &mut Criterion) {
+    let mut g = c.benchmark_group("buffer_insert");
+    let rows = 5000;
+    g.throughput(Throughput::Elements(rows as u64));
+    g.bench_function("batch_of_5000", |b| {
+        b.iter_custom(|iters| {
+            let batches: Vec<ReadingBatch> = (0..iters as usize)
+                .map(|k| readings(rows, k * rows))
+                .collect();
+            let mut buffer = Buffer::new();
+            let start = Instant::now();
+            for batch in &batches {
+                buffer.insert(&[batch]);
+            }
+            start.elapsed()
+        })
+    });
+    g.finish();
+}
+
+fn bench_engine(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("engine_write");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(10));
+    let writers = 8;
+    let rows = 5000;
+    let per_iter = writers * rows;
+    g.throughput(Throughput::Elements(per_iter as u64));
+    g.bench_function("8_writers_x_5000_rows", |b| {
+        b.iter_custom(|iters| {
+            let dir = tempfile::tempdir_in(
+                std::env::var("WATTDB_BENCH_DIR").unwrap_or_else(|_| ".".into()),
+            )
+            .unwrap();
+            let engine = Engine::open(EngineConfig {
+                data_dir: dir.path().to_owned(),
+                ..EngineConfig::default()
+            })
+            .unwrap();
+            let batches: Vec<Vec<ReadingBatch>> = (0..writers)
+                .map(|w| {
+                    (0..iters as usize)
+                        .map(|k| readings(rows, (k * writers + w) * rows))
+                        .collect()
+                })
+                .collect();
+            let start = Instant::now();
+            runtime.block_on(async {
+                let tasks: Vec<_> = batches
+                    .into_iter()
+                    .map(|mine| {
+                        let engine = engine.clone();
+                        tokio::spawn(async move {
+                            for b in mine {
+                                loop {
+                                    match engine.write(b.clone()).await {
+                                        Ok(_) => break,
+                                        Err(e) if e.is_retryable() => {
+                                            tokio::task::yield_now().await
+                                        }
+                                        Err(e) => panic!("{e}"),
+                                    }
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
+            let elapsed = start.elapsed();
+            engine.shutdown();
+            elapsed
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_buffer, bench_engine);
+criterion_main!(benches);

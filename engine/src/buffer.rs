@@ -1,0 +1,318 @@
+//! The in-memory buffer: every acknowledged reading not yet persisted, as Arrow record
+//! batches that queries read directly, plus the latest-value-per-plug map.
+//!
+//! Duplicates of `(device_id, ts)` resolve to the last write: an index from plug and
+//! time to the reading's global row number finds the earlier copy, whose row number goes
+//! into a deletion set that snapshots filter out. Small record batches at the tail are
+//! merged so that a stream of tiny writes does not become millions of tiny batches.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::compute::{concat_batches, filter_record_batch};
+use hashbrown::HashMap;
+use wattdb_storage::ReadingBatch;
+
+use crate::schema::{readings_schema, to_record_batch};
+
+/// Tail batches smaller than this are merged once there are enough of them.
+const SMALL_BATCH_ROWS: usize = 32 * 1024;
+const MERGE_AFTER: usize = 16;
+
+/// The latest reading of one plug, and when it was first and last seen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatestReading {
+    pub device_id: Arc<str>,
+    pub ts: i64,
+    pub voltage: f64,
+    pub current: f64,
+    pub power: f64,
+    pub energy: Option<f64>,
+    pub relay_on: Option<bool>,
+    pub location: Option<Arc<str>>,
+    pub device_type: Option<Arc<str>>,
+    /// Smallest reading time seen since start.
+    pub first_ts: i64,
+}
+
+#[derive(Debug)]
+struct Chunk {
+    /// Global row number of the first row.
+    first_row: u64,
+    batch: RecordBatch,
+    min_ts: i64,
+    max_ts: i64,
+}
+
+/// The readings held in memory. Not synchronised: the engine wraps it in a lock.
+#[derive(Debug)]
+pub struct Buffer {
+    chunks: Vec<Chunk>,
+    next_row: u64,
+    /// (plug, ts) → global row number of the live copy.
+    index: HashMap<(u32, i64), u64, foldhash::fast::FixedState>,
+    /// Plug id → dense key.
+    devices: HashMap<Arc<str>, u32, foldhash::fast::FixedState>,
+    latest: Vec<LatestReading>,
+    deleted: BTreeSet<u64>,
+    bytes: usize,
+}
+
+impl Default for Buffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Buffer {
+    pub fn new() -> Self {
+        Self {
+            chunks: Vec::new(),
+            next_row: 0,
+            index: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0x5eed)),
+            devices: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0x5eed)),
+            latest: Vec::new(),
+            deleted: BTreeSet::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Adds readings (in write order) as one record batch.
+    pub fn insert(&mut self, parts: &[&ReadingBatch]) {
+        let rows: usize = parts.iter().map(|b| b.len()).sum();
+        if rows == 0 {
+            return;
+        }
+        let first_row = self.next_row;
+        let mut row = first_row;
+        let mut min_ts = i64::MAX;
+        let mut max_ts = i64::MIN;
+        for b in parts {
+            for i in 0..b.len() {
+                let r = b.get(i);
+                min_ts = min_ts.min(r.ts);
+                max_ts = max_ts.max(r.ts);
+                let key = self.device_key(r.device_id);
+                if let Some(old) = self.index.insert((key, r.ts), row) {
+                    self.deleted.insert(old);
+                }
+                let latest = &mut self.latest[key as usize];
+                latest.first_ts = latest.first_ts.min(r.ts);
+                if r.ts >= latest.ts {
+                    latest.ts = r.ts;
+                    latest.voltage = r.voltage;
+                    latest.current = r.current;
+                    latest.power = r.power;
+                    latest.energy = r.energy;
+                    latest.relay_on = r.relay_on;
+                    if let Some(l) = r.location
+                        && latest.location.as_deref() != Some(l)
+                    {
+                        latest.location = Some(l.into());
+                    }
+                    if let Some(t) = r.device_type
+                        && latest.device_type.as_deref() != Some(t)
+                    {
+                        latest.device_type = Some(t.into());
+                    }
+                }
+                row += 1;
+            }
+        }
+        let batch = to_record_batch(parts);
+        self.bytes += batch.get_array_memory_size() + rows * 40;
+        self.next_row = row;
+        self.chunks.push(Chunk {
+            first_row,
+            batch,
+            min_ts,
+            max_ts,
+        });
+        self.merge_small_tail();
+    }
+
+    fn device_key(&mut self, id: &str) -> u32 {
+        if let Some(&k) = self.devices.get(id) {
+            return k;
+        }
+        let k = self.latest.len() as u32;
+        let id: Arc<str> = id.into();
+        self.devices.insert(Arc::clone(&id), k);
+        self.latest.push(LatestReading {
+            device_id: id,
+            ts: i64::MIN,
+            voltage: f64::NAN,
+            current: f64::NAN,
+            power: f64::NAN,
+            energy: None,
+            relay_on: None,
+            location: None,
+            device_type: None,
+            first_ts: i64::MAX,
+        });
+        k
+    }
+
+    fn merge_small_tail(&mut self) {
+        let small = self
+            .chunks
+            .iter()
+            .rev()
+            .take_while(|c| c.batch.num_rows() < SMALL_BATCH_ROWS)
+            .count();
+        if small < MERGE_AFTER {
+            return;
+        }
+        let start = self.chunks.len() - small;
+        let tail: Vec<Chunk> = self.chunks.drain(start..).collect();
+        let batches: Vec<&RecordBatch> = tail.iter().map(|c| &c.batch).collect();
+        match concat_batches(&readings_schema(), batches) {
+            Ok(batch) => self.chunks.push(Chunk {
+                first_row: tail[0].first_row,
+                batch,
+                min_ts: tail.iter().map(|c| c.min_ts).min().unwrap_or(i64::MAX),
+                max_ts: tail.iter().map(|c| c.max_ts).max().unwrap_or(i64::MIN),
+            }),
+            Err(error) => {
+                tracing::warn!(%error, "could not merge buffer batches; keeping them apart");
+                self.chunks.extend(tail);
+            }
+        }
+    }
+
+    /// The live readings whose time may fall in `[from, to]` (inclusive; `None` = open),
+    /// with overwritten duplicates removed. Cheap: record batches are shared.
+    pub fn snapshot(&self, from: Option<i64>, to: Option<i64>) -> Vec<RecordBatch> {
+        let mut out = Vec::with_capacity(self.chunks.len());
+        for c in &self.chunks {
+            if from.is_some_and(|f| c.max_ts < f) || to.is_some_and(|t| c.min_ts > t) {
+                continue;
+            }
+            let end = c.first_row + c.batch.num_rows() as u64;
+            let mut dead = self.deleted.range(c.first_row..end).peekable();
+            if dead.peek().is_none() {
+                out.push(c.batch.clone());
+                continue;
+            }
+            let mut keep = vec![true; c.batch.num_rows()];
+            for &r in dead {
+                keep[(r - c.first_row) as usize] = false;
+            }
+            match filter_record_batch(&c.batch, &BooleanArray::from(keep)) {
+                Ok(b) => out.push(b),
+                Err(error) => {
+                    tracing::warn!(%error, "could not filter duplicates from a buffer batch")
+                }
+            }
+        }
+        out
+    }
+
+    /// Latest reading of every plug, in no particular order.
+    pub fn latest(&self) -> &[LatestReading] {
+        &self.latest
+    }
+
+    /// Live rows (after duplicate removal).
+    pub fn rows(&self) -> u64 {
+        self.next_row - self.deleted.len() as u64
+    }
+
+    /// Approximate memory held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn batches(&self) -> usize {
+        self.chunks.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, TimestampNanosecondType};
+    use wattdb_storage::ReadingRef;
+
+    fn one(id: &str, ts: i64, power: f64) -> ReadingBatch {
+        let mut b = ReadingBatch::new();
+        b.push(ReadingRef {
+            device_id: id,
+            ts,
+            voltage: 230.0,
+            current: 1.0,
+            power,
+            energy: None,
+            relay_on: None,
+            location: Some("lab"),
+            device_type: None,
+        });
+        b
+    }
+
+    fn rows(batches: &[RecordBatch]) -> Vec<(String, i64, f64)> {
+        let mut out = Vec::new();
+        for b in batches {
+            let ids = b.column(0).as_string::<i32>();
+            let ts = b.column(1).as_primitive::<TimestampNanosecondType>();
+            let p = b.column(4).as_primitive::<Float64Type>();
+            for i in 0..b.num_rows() {
+                out.push((ids.value(i).to_owned(), ts.value(i), p.value(i)));
+            }
+        }
+        out.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        out
+    }
+
+    #[test]
+    fn last_write_wins_across_and_within_batches() {
+        let mut buf = Buffer::new();
+        buf.insert(&[&one("a", 1, 10.0), &one("b", 1, 20.0)]);
+        buf.insert(&[&one("a", 1, 11.0)]);
+        buf.insert(&[&one("b", 1, 21.0), &one("b", 1, 22.0)]);
+        assert_eq!(
+            rows(&buf.snapshot(None, None)),
+            vec![("a".into(), 1, 11.0), ("b".into(), 1, 22.0)]
+        );
+        assert_eq!(buf.rows(), 2);
+    }
+
+    #[test]
+    fn many_small_inserts_are_merged_and_stay_correct() {
+        let mut buf = Buffer::new();
+        for i in 0..1000 {
+            buf.insert(&[&one("p", i, i as f64)]);
+        }
+        assert!(buf.batches() < 100, "{} batches", buf.batches());
+        buf.insert(&[&one("p", 500, -1.0)]);
+        let r = rows(&buf.snapshot(None, None));
+        assert_eq!(r.len(), 1000);
+        assert_eq!(r[500], ("p".into(), 500, -1.0));
+    }
+
+    #[test]
+    fn latest_keeps_newest_time_not_newest_write() {
+        let mut buf = Buffer::new();
+        buf.insert(&[&one("a", 10, 1.0)]);
+        buf.insert(&[&one("a", 5, 2.0)]);
+        let l = &buf.latest()[0];
+        assert_eq!((l.ts, l.power, l.first_ts), (10, 1.0, 5));
+        assert_eq!(l.location.as_deref(), Some("lab"));
+    }
+
+    #[test]
+    fn snapshot_prunes_by_time_and_nulls_absent_tags() {
+        let mut buf = Buffer::new();
+        buf.insert(&[&one("a", 10, 1.0)]);
+        let mut no_tag = one("b", 100, 2.0);
+        no_tag.location = Default::default();
+        no_tag.location.push("");
+        buf.insert(&[&no_tag]);
+        assert_eq!(buf.snapshot(Some(50), None).len(), 1);
+        assert_eq!(buf.snapshot(None, Some(5)).len(), 0);
+        let b = &buf.snapshot(Some(100), Some(100))[0];
+        assert!(b.column(7).is_null(0));
+    }
+}

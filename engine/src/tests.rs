@@ -1,0 +1,161 @@
+use std::time::Duration;
+
+use arrow::array::AsArray;
+use arrow::datatypes::Float64Type;
+
+use super::*;
+
+fn config(dir: &std::path::Path) -> EngineConfig {
+    EngineConfig {
+        data_dir: dir.to_owned(),
+        wal_segment_size: 1 << 20,
+        ..EngineConfig::default()
+    }
+}
+
+fn batch(device: &str, from: i64, n: usize) -> ReadingBatch {
+    let mut b = ReadingBatch::new();
+    for i in 0..n {
+        b.push(ReadingRef {
+            device_id: device,
+            ts: from + i as i64,
+            voltage: 230.0,
+            current: 0.1,
+            power: (from + i as i64) as f64,
+            energy: None,
+            relay_on: Some(true),
+            location: None,
+            device_type: None,
+        });
+    }
+    b
+}
+
+fn total_rows(engine: &Engine) -> usize {
+    engine
+        .snapshot(None, None)
+        .iter()
+        .map(|b| b.num_rows())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_are_queryable_when_acknowledged_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            for k in 0..50 {
+                let device = format!("plug-{w}");
+                let receipt = engine.write(batch(&device, k * 10, 10)).await.unwrap();
+                assert_eq!(receipt.rows, 10);
+                // Read your writes: the acknowledged batch is already in the buffer.
+                let latest = engine.latest(&device);
+                assert_eq!(latest[0].ts, k * 10 + 9);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(total_rows(&engine), 8 * 50 * 10);
+    // Group commit: far fewer fsyncs than batches.
+    let fsyncs = engine.stats().fsyncs.load(Ordering::Relaxed);
+    assert!(fsyncs < 400, "{fsyncs} fsyncs for 400 batches");
+    engine.shutdown();
+    drop(engine);
+
+    let engine = Engine::open(config(dir.path())).unwrap();
+    assert_eq!(total_rows(&engine), 4000);
+    assert_eq!(engine.stats().replayed_rows.load(Ordering::Relaxed), 4000);
+    assert_eq!(engine.latest("plug-").len(), 8);
+}
+
+#[tokio::test]
+async fn duplicates_resolve_to_the_last_write_after_replay_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    engine.write(batch("a", 0, 5)).await.unwrap();
+    let mut again = batch("a", 2, 1);
+    again.power[0] = -7.0;
+    engine.write(again).await.unwrap();
+    let check = |engine: &Engine| {
+        let snap = engine.snapshot(None, None);
+        let powers: Vec<f64> = snap
+            .iter()
+            .flat_map(|b| b.column(4).as_primitive::<Float64Type>().values().to_vec())
+            .collect();
+        assert_eq!(powers.len(), 5);
+        assert!(powers.contains(&-7.0));
+        assert!(!powers.contains(&2.0));
+    };
+    check(&engine);
+    engine.shutdown();
+    drop(engine);
+    check(&Engine::open(config(dir.path())).unwrap());
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_instead_of_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(EngineConfig {
+        queue_capacity: 2,
+        group_commit_window: Duration::from_millis(300),
+        max_group_rows: 1,
+        ..config(dir.path())
+    })
+    .unwrap();
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..20 {
+        match engine.submit(batch("q", i, 1)) {
+            Ok(rx) => accepted.push(rx),
+            Err(e) => {
+                assert!(matches!(e, Error::QueueFull { capacity: 2 }));
+                assert!(e.is_retryable());
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0);
+    // Everything accepted is acknowledged, nothing is dropped.
+    for rx in accepted {
+        rx.await.unwrap().unwrap();
+    }
+    assert_eq!(total_rows(&engine), 20 - refused);
+}
+
+#[tokio::test]
+async fn a_full_buffer_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(EngineConfig {
+        max_buffer_bytes: 1,
+        ..config(dir.path())
+    })
+    .unwrap();
+    engine.write(batch("b", 0, 3)).await.unwrap();
+    let err = engine.write(batch("b", 10, 3)).await.unwrap_err();
+    assert!(matches!(err, Error::BufferFull { limit: 1, .. }));
+}
+
+#[tokio::test]
+async fn writes_after_shutdown_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    engine.write(batch("s", 0, 1)).await.unwrap();
+    engine.shutdown();
+    let err = engine.write(batch("s", 1, 1)).await.unwrap_err();
+    assert!(matches!(err, Error::ShuttingDown));
+}
+
+#[tokio::test]
+async fn a_poisoned_engine_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path())).unwrap();
+    engine.inner.shared.poisoned.store(true, Ordering::SeqCst);
+    let err = engine.write(batch("p", 0, 1)).await.unwrap_err();
+    assert!(matches!(err, Error::Poisoned));
+    assert!(!err.is_retryable());
+}

@@ -1,0 +1,30 @@
+//! WattDB ingest: turns request bodies into [`ReadingBatch`]es.
+//!
+//! This crate is the first step of the write path. The HTTP API hands it a body —
+//! InfluxDB line protocol ([`decode_line_protocol`]) or JSON readings
+//! ([`decode_json_readings`]) — and it appends the decoded readings to a
+//! [`ReadingBatch`], which the engine then writes to the WAL, acknowledges once durable
+//! and makes queryable. It knows nothing of durability, buffering or HTTP: a decoder
+//! either appends every reading of a request or, on the first bad line or element,
+//! leaves the batch as it was and returns an error whose message is meant to be shown
+//! to the client as it is.
+//!
+//! ```text
+//! api ──body──► ingest::decode_* ──ReadingBatch──► engine (WAL, buffer) ──► storage
+//! ```
+//!
+//! Module map:
+//! - [`line_protocol`]: `/api/v2/write` and `/write` bodies, [`Precision`].
+//! - [`json`]: `/api/v1/readings` bodies and MQTT JSON payloads.
+//! - [`error`]: pieces shared by the error messages ([`Snippet`], [`Expected`]).
+//! - [`fuzzing`]: invariant checks run by the fuzz targets and the corpus tests.
+
+pub mod error;
+pub mod fuzzing;
+pub mod json;
+pub mod line_protocol;
+
+pub use error::{Expected, Snippet};
+pub use json::{Found, JsonError, Position, TimestampProblem, decode_json_readings};
+pub use line_protocol::{LineProtocolError, Precision, UnknownPrecision, decode_line_protocol};
+pub use wattdb_storage::ReadingBatch;
