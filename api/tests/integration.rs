@@ -1,5 +1,7 @@
 //! End-to-end tests: the real `wattdb` binary, real HTTP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "integration/support.rs"]
 mod support;
 

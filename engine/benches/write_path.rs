@@ -3,6 +3,8 @@
 //!
 //! `cargo bench -p wattdb-engine --bench write_path`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -67,7 +69,7 @@ fn bench_engine(c: &mut Criterion) {
     g.bench_function("8_writers_x_5000_rows", |b| {
         b.iter_custom(|iters| {
             let dir = tempfile::tempdir_in(
-                std::env::var("WATTDB_BENCH_DIR").unwrap_or_else(|_| ".".into()),
+                std::env::var("WATTDB_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| std::env::temp_dir()),
             )
             .unwrap();
             let engine = Engine::open(EngineConfig {

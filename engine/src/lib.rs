@@ -258,11 +258,7 @@ impl Engine {
                 .fetch_add(1, Ordering::Relaxed);
             return Err(Error::BufferFull { bytes, limit });
         }
-        let msg = writer::Msg::Write {
-            batch,
-            ack,
-            queued: Instant::now(),
-        };
+        let msg = writer::Msg::Write { batch, ack };
         match self.inner.tx.try_send(msg) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => {

@@ -14,11 +14,13 @@ use wattdb_storage::wal::WalWriter;
 use crate::error::{Error, Result};
 use crate::{Shared, WriteReceipt};
 
+// Messages travel by value through a preallocated queue; boxing the large variant
+// would add an allocation per write for nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Msg {
     Write {
         batch: ReadingBatch,
         ack: oneshot::Sender<Result<WriteReceipt>>,
-        queued: Instant,
     },
     Shutdown,
 }
@@ -49,14 +51,14 @@ pub(crate) fn run(args: WriterArgs) {
     let mut shutdown = false;
     while !shutdown {
         let first = match rx.recv() {
-            Ok(Msg::Write { batch, ack, queued }) => (batch, ack, queued),
+            Ok(Msg::Write { batch, ack }) => (batch, ack),
             Ok(Msg::Shutdown) | Err(_) => break,
         };
         let deadline = Instant::now() + window;
         let mut rows = 0;
         let mut next = Some(first);
         loop {
-            if let Some((batch, ack, _queued)) = next.take() {
+            if let Some((batch, ack)) = next.take() {
                 rows += batch.len();
                 match wal.append(&batch) {
                     Ok(seq) => group.push(Pending { batch, ack, seq }),
@@ -69,7 +71,7 @@ pub(crate) fn run(args: WriterArgs) {
                 break;
             }
             match rx.recv_deadline(deadline) {
-                Ok(Msg::Write { batch, ack, queued }) => next = Some((batch, ack, queued)),
+                Ok(Msg::Write { batch, ack }) => next = Some((batch, ack)),
                 Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                     shutdown = true;
                     break;

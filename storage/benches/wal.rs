@@ -2,6 +2,8 @@
 //!
 //! `cargo bench -p wattdb-storage --bench wal`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use wattdb_storage::wal::{self, WalConfig};
 use wattdb_storage::{ReadingBatch, ReadingRef};
@@ -38,7 +40,7 @@ fn bench_wal(c: &mut Criterion) {
         let data: Vec<ReadingBatch> = (0..batches).map(|k| readings(rows, k * rows)).collect();
         g.throughput(Throughput::Elements((rows * batches) as u64));
         let dir =
-            tempfile::tempdir_in(std::env::var("WATTDB_BENCH_DIR").unwrap_or_else(|_| ".".into()))
+            tempfile::tempdir_in(std::env::var("WATTDB_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| std::env::temp_dir()))
                 .unwrap();
         let config = WalConfig {
             dir: dir.path().to_owned(),

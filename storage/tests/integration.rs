@@ -1,6 +1,8 @@
 //! Replays the checked-in fuzz corpus of the WAL segment reader, so CI covers it on
 //! the stable toolchain. `WATTDB_WRITE_WAL_CORPUS=1` regenerates the seed files.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 
 use wattdb_storage::wal::{self, WalConfig};

@@ -76,12 +76,11 @@ impl Server {
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let pid = c.id() as i32;
-            // SAFETY-free: libc::kill only sends a signal to our own child.
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
+            let term = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(term.success());
             let status = c.wait().unwrap();
             assert!(status.success(), "wattdb exited with {status}");
         }
