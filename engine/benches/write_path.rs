@@ -69,7 +69,9 @@ fn bench_engine(c: &mut Criterion) {
     g.bench_function("8_writers_x_5000_rows", |b| {
         b.iter_custom(|iters| {
             let dir = tempfile::tempdir_in(
-                std::env::var("WATTDB_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| std::env::temp_dir()),
+                std::env::var("WATTDB_BENCH_DIR")
+                    .map(std::path::PathBuf::from)
+                    .unwrap_or_else(|_| std::env::temp_dir()),
             )
             .unwrap();
             let engine = Engine::open(EngineConfig {

@@ -39,9 +39,12 @@ fn bench_wal(c: &mut Criterion) {
         let rows = 5000;
         let data: Vec<ReadingBatch> = (0..batches).map(|k| readings(rows, k * rows)).collect();
         g.throughput(Throughput::Elements((rows * batches) as u64));
-        let dir =
-            tempfile::tempdir_in(std::env::var("WATTDB_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| std::env::temp_dir()))
-                .unwrap();
+        let dir = tempfile::tempdir_in(
+            std::env::var("WATTDB_BENCH_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|_| std::env::temp_dir()),
+        )
+        .unwrap();
         let config = WalConfig {
             dir: dir.path().to_owned(),
             segment_size: 256 << 20,

@@ -324,3 +324,22 @@ fn wal_check_and_repair_commands() {
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0]["power"], 1.0);
 }
+
+#[test]
+fn gzip_bodies_are_accepted_as_telegraf_sends_them() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let lines: String = (0..50)
+        .map(|i| lp_line("gz", T0 + i, i as f64) + "\n")
+        .collect();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(lines.as_bytes()).unwrap();
+    let body = gz.finish().unwrap();
+    let r = crate::support::agent()
+        .post(&format!("{}/api/v2/write", server.url))
+        .set("Content-Encoding", "gzip")
+        .send_bytes(&body);
+    assert_eq!(crate::support::response(r).0, 204);
+    assert_eq!(count(&server), 50);
+}
