@@ -12,8 +12,11 @@
 //!        │                                                     │
 //!        ▼  WAL writer thread (one)                            │
 //!  collect a group for `group_commit_window`                   │
-//!  append records ─► one write + fdatasync ─► insert into Buffer ─┘
-//!                                     └──► ack every writer of the group
+//!  append records ─► one write + fdatasync                     │
+//!        │  durable group                                      │
+//!        ▼  apply thread (one; overlaps the next group's fsync)│
+//!  insert into Buffer ─────────────────────────────────────────┘
+//!        └──► ack every writer of the group
 //! ```
 //!
 //! A write is acknowledged only after the fsync that covers it, and it is in the
@@ -25,7 +28,7 @@
 //! - [`buffer`]: Arrow batches of acknowledged readings, duplicate resolution (last
 //!   write wins), latest value per plug.
 //! - [`schema`]: the `readings` schema and batch conversion.
-//! - `writer`: the group-commit thread.
+//! - `writer`: the WAL (group commit) and apply threads.
 
 pub mod buffer;
 mod error;
@@ -43,6 +46,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 use tracing::info;
+pub use wattdb_storage::wal::FaultInjector;
 use wattdb_storage::wal::{self, WalConfig};
 
 pub use buffer::{Buffer, LatestReading};
@@ -65,6 +69,8 @@ pub struct EngineConfig {
     pub queue_capacity: usize,
     /// Memory the in-memory buffer may hold before writes are refused.
     pub max_buffer_bytes: usize,
+    /// Failures to inject into WAL writes (tests of what follows a disk error).
+    pub wal_faults: Option<FaultInjector>,
 }
 
 impl Default for EngineConfig {
@@ -76,6 +82,7 @@ impl Default for EngineConfig {
             max_group_rows: 512 * 1024,
             queue_capacity: 4096,
             max_buffer_bytes: 4 << 30,
+            wal_faults: None,
         }
     }
 }
@@ -110,7 +117,8 @@ struct Inner {
     tx: Sender<writer::Msg>,
     shared: Arc<Shared>,
     config: EngineConfig,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    /// The WAL thread, then the apply thread (joined in that order).
+    threads: Mutex<Vec<JoinHandle<()>>>,
     /// Held for the engine's lifetime: one process per data directory.
     _lock: std::fs::File,
 }
@@ -118,7 +126,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         let _ = self.tx.send(writer::Msg::Shutdown);
-        if let Some(t) = self.thread.lock().take() {
+        for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
     }
@@ -156,6 +164,9 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File> {
     Ok(file)
 }
 
+/// Durable groups that may wait for the apply thread before the WAL thread waits.
+const APPLY_QUEUE_GROUPS: usize = 4;
+
 /// Replayed records are gathered into record batches of about this many rows.
 const REPLAY_CHUNK_ROWS: usize = 64 * 1024;
 
@@ -175,6 +186,7 @@ impl Engine {
         let wal_config = WalConfig {
             dir: config.data_dir.join("wal"),
             segment_size: config.wal_segment_size,
+            faults: config.wal_faults.clone(),
         };
         let (wal, recovered) = wal::open(&wal_config, |r| {
             pending_rows += r.batch.len();
@@ -206,23 +218,30 @@ impl Engine {
             .replayed_rows
             .store(recovered.rows, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity);
+        let (apply_tx, apply_rx) = crossbeam_channel::bounded(APPLY_QUEUE_GROUPS);
+        let apply_shared = Arc::clone(&shared);
+        let apply = std::thread::Builder::new()
+            .name("wattdb-apply".into())
+            .spawn(move || writer::run_apply(apply_rx, apply_shared))
+            .map_err(Error::Thread)?;
         let args = writer::WriterArgs {
             rx,
             wal,
             shared: Arc::clone(&shared),
             window: config.group_commit_window,
             max_group_rows: config.max_group_rows,
+            apply: apply_tx,
         };
-        let thread = std::thread::Builder::new()
+        let wal_thread = std::thread::Builder::new()
             .name("wattdb-wal".into())
-            .spawn(move || writer::run(args))
+            .spawn(move || writer::run_wal(args))
             .map_err(Error::Thread)?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 tx,
                 shared,
                 config,
-                thread: Mutex::new(Some(thread)),
+                threads: Mutex::new(vec![wal_thread, apply]),
                 _lock: lock,
             }),
         })
@@ -317,7 +336,7 @@ impl Engine {
     /// the WAL writer to finish. Later writes get [`Error::ShuttingDown`].
     pub fn shutdown(&self) {
         let _ = self.inner.tx.send(writer::Msg::Shutdown);
-        if let Some(t) = self.inner.thread.lock().take() {
+        for t in self.inner.threads.lock().drain(..) {
             let _ = t.join();
         }
     }

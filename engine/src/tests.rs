@@ -151,11 +151,26 @@ async fn writes_after_shutdown_are_refused() {
 }
 
 #[tokio::test]
-async fn a_poisoned_engine_refuses_writes() {
+async fn an_fsync_failure_poisons_the_engine_and_nothing_more_is_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(config(dir.path())).unwrap();
-    engine.inner.shared.poisoned.store(true, Ordering::SeqCst);
-    let err = engine.write(batch("p", 0, 1)).await.unwrap_err();
+    let faults = FaultInjector::default();
+    let engine = Engine::open(EngineConfig {
+        wal_faults: Some(faults.clone()),
+        ..config(dir.path())
+    })
+    .unwrap();
+    engine.write(batch("p", 0, 3)).await.unwrap();
+    faults.fail_next_syncs(1);
+    let err = engine.write(batch("p", 10, 1)).await.unwrap_err();
     assert!(matches!(err, Error::Poisoned));
     assert!(!err.is_retryable());
+    assert!(engine.is_poisoned());
+    // The fault has passed, but the writer stays poisoned.
+    let err = engine.write(batch("p", 20, 1)).await.unwrap_err();
+    assert!(matches!(err, Error::Poisoned));
+    // The failed write never became visible.
+    assert_eq!(total_rows(&engine), 3);
+    engine.shutdown();
+    drop(engine);
+    assert_eq!(total_rows(&Engine::open(config(dir.path())).unwrap()), 3);
 }

@@ -1,11 +1,16 @@
-//! The WAL writer thread: drains the write queue, group-commits, fills the buffer, and
-//! completes acknowledgements.
+//! The two threads behind the write queue.
+//!
+//! The WAL thread drains the queue, appends a group of batches and commits it with one
+//! fsync; it then hands the durable group to the apply thread, which inserts it into
+//! the buffer and completes the acknowledgements. The two overlap: while group N is
+//! being applied, group N+1 is being encoded and fsynced. Groups are applied in commit
+//! order, and a write is acknowledged only once it is both durable and queryable.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::oneshot;
 use tracing::error;
 use wattdb_storage::ReadingBatch;
@@ -31,32 +36,34 @@ pub(crate) struct WriterArgs {
     pub shared: Arc<Shared>,
     pub window: Duration,
     pub max_group_rows: usize,
+    pub apply: Sender<Vec<Pending>>,
 }
 
-struct Pending {
+pub(crate) struct Pending {
     batch: ReadingBatch,
     ack: oneshot::Sender<Result<WriteReceipt>>,
     seq: u64,
 }
 
-pub(crate) fn run(args: WriterArgs) {
+/// The WAL thread: group, append, commit, hand over.
+pub(crate) fn run_wal(args: WriterArgs) {
     let WriterArgs {
         rx,
         mut wal,
         shared,
         window,
         max_group_rows,
+        apply,
     } = args;
-    let mut group: Vec<Pending> = Vec::new();
     let mut shutdown = false;
     while !shutdown {
-        let first = match rx.recv() {
-            Ok(Msg::Write { batch, ack }) => (batch, ack),
+        let mut next = match rx.recv() {
+            Ok(Msg::Write { batch, ack }) => Some((batch, ack)),
             Ok(Msg::Shutdown) | Err(_) => break,
         };
         let deadline = Instant::now() + window;
+        let mut group: Vec<Pending> = Vec::new();
         let mut rows = 0;
-        let mut next = Some(first);
         loop {
             if let Some((batch, ack)) = next.take() {
                 rows += batch.len();
@@ -84,33 +91,24 @@ pub(crate) fn run(args: WriterArgs) {
         }
         let fsync_start = Instant::now();
         let committed = wal.commit();
-        shared
-            .stats
+        let stats = &shared.stats;
+        stats
             .fsync_nanos
             .fetch_add(fsync_start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         match committed {
             Ok(_) => {
-                let parts: Vec<&ReadingBatch> = group.iter().map(|p| &p.batch).collect();
-                let rows: usize = parts.iter().map(|b| b.len()).sum();
-                shared.buffer.write().insert(&parts);
-                shared.stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
-                shared
-                    .stats
-                    .batches
-                    .fetch_add(group.len() as u64, Ordering::Relaxed);
-                for p in group.drain(..) {
-                    let receipt = WriteReceipt {
-                        seq: p.seq,
-                        rows: p.batch.len(),
-                    };
-                    let _ = p.ack.send(Ok(receipt));
+                // Blocks only while the apply thread is several groups behind.
+                if let Err(crossbeam_channel::SendError(group)) = apply.send(group) {
+                    for p in group {
+                        let _ = p.ack.send(Err(Error::ShuttingDown));
+                    }
                 }
             }
             Err(e) => {
                 error!(error = %e, source = ?std::error::Error::source(&e), "WAL commit failed; refusing all further writes");
                 shared.poisoned.store(true, Ordering::SeqCst);
-                for p in group.drain(..) {
+                for p in group {
                     let _ = p.ack.send(Err(Error::Poisoned));
                 }
             }
@@ -120,6 +118,27 @@ pub(crate) fn run(args: WriterArgs) {
     while let Ok(msg) = rx.try_recv() {
         if let Msg::Write { ack, .. } = msg {
             let _ = ack.send(Err(Error::ShuttingDown));
+        }
+    }
+}
+
+/// The apply thread: durable groups into the buffer, then acknowledgements.
+pub(crate) fn run_apply(rx: Receiver<Vec<Pending>>, shared: Arc<Shared>) {
+    while let Ok(group) = rx.recv() {
+        let parts: Vec<&ReadingBatch> = group.iter().map(|p| &p.batch).collect();
+        let rows: usize = parts.iter().map(|b| b.len()).sum();
+        shared.buffer.write().insert(&parts);
+        shared.stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        shared
+            .stats
+            .batches
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        for p in group {
+            let receipt = WriteReceipt {
+                seq: p.seq,
+                rows: p.batch.len(),
+            };
+            let _ = p.ack.send(Ok(receipt));
         }
     }
 }

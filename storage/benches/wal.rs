@@ -48,6 +48,7 @@ fn bench_wal(c: &mut Criterion) {
         let config = WalConfig {
             dir: dir.path().to_owned(),
             segment_size: 256 << 20,
+            faults: None,
         };
         let (mut writer, _) = wal::open(&config, |_| {}).unwrap();
         g.bench_function(

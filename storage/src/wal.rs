@@ -39,6 +39,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use tracing::{info, warn};
 
@@ -290,6 +292,8 @@ pub struct WalConfig {
     pub dir: PathBuf,
     /// Segments roll when the next record would not fit.
     pub segment_size: u64,
+    /// Failures to inject into writes (tests of what follows a disk error).
+    pub faults: Option<FaultInjector>,
 }
 
 impl WalConfig {
@@ -297,7 +301,26 @@ impl WalConfig {
         Self {
             dir: dir.into(),
             segment_size: 64 << 20,
+            faults: None,
         }
+    }
+}
+
+/// Makes the next WAL flushes fail with an I/O error, as a full or failing disk would.
+/// Clones share the same counter.
+#[derive(Debug, Clone, Default)]
+pub struct FaultInjector(Arc<AtomicU32>);
+
+impl FaultInjector {
+    /// The next `n` write-and-fsync steps fail.
+    pub fn fail_next_syncs(&self, n: u32) {
+        self.0.store(n, Ordering::SeqCst);
+    }
+
+    fn take(&self) -> bool {
+        self.0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+            .is_ok()
     }
 }
 
@@ -481,6 +504,7 @@ pub struct WalWriter {
     next_seq: u64,
     synced_seq: Option<u64>,
     poisoned: bool,
+    faults: Option<FaultInjector>,
 }
 
 impl WalWriter {
@@ -498,6 +522,7 @@ impl WalWriter {
             next_seq,
             synced_seq: next_seq.checked_sub(1),
             poisoned: false,
+            faults: config.faults.clone(),
         })
     }
 
@@ -559,6 +584,12 @@ impl WalWriter {
     fn flush(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
+        }
+        if self.faults.as_ref().is_some_and(FaultInjector::take) {
+            return Err(Error::Io {
+                path: self.path.clone(),
+                source: io::Error::other("injected fault"),
+            });
         }
         self.file
             .write_all_at(&self.pending, self.write_pos)

@@ -32,6 +32,7 @@ fn write_seed_corpus() {
     let config = WalConfig {
         dir: dir.path().to_owned(),
         segment_size: 4096,
+        faults: None,
     };
     let (mut w, _) = wal::open(&config, |_| {}).unwrap();
     for k in 0..3 {

@@ -31,6 +31,7 @@ fn wal_with(dir: &Path, n: u64, segment_size: u64) -> WalConfig {
     let config = WalConfig {
         dir: dir.to_owned(),
         segment_size,
+        faults: None,
     };
     let (mut w, _) = open(&config, |_| unreachable!()).unwrap();
     for i in 0..n {
@@ -292,13 +293,25 @@ fn interrupted_segment_creation_leaves_no_trace() {
 }
 
 #[test]
-fn poisoned_writer_refuses_appends() {
+fn a_failed_flush_poisons_the_writer() {
     let dir = tempfile::tempdir().unwrap();
-    let config = small(dir.path());
+    let faults = FaultInjector::default();
+    let config = WalConfig {
+        faults: Some(faults.clone()),
+        ..small(dir.path())
+    };
     let (mut w, _) = open(&config, |_| {}).unwrap();
-    w.poisoned = true;
-    assert!(matches!(w.append(&batch(0, 1)), Err(Error::Poisoned)));
+    w.append(&batch(0, 1)).unwrap();
+    w.commit().unwrap();
+    faults.fail_next_syncs(1);
+    w.append(&batch(1, 1)).unwrap();
+    assert!(matches!(w.commit(), Err(Error::Io { .. })));
+    // Even though the fault is gone, nothing more is accepted.
+    assert!(w.is_poisoned());
+    assert!(matches!(w.append(&batch(2, 1)), Err(Error::Poisoned)));
     assert!(matches!(w.commit(), Err(Error::Poisoned)));
+    drop(w);
+    assert_eq!(replay_all(&small(dir.path())).unwrap().0.len(), 1);
 }
 
 #[test]
@@ -328,5 +341,6 @@ fn small(dir: &Path) -> WalConfig {
     WalConfig {
         dir: dir.to_owned(),
         segment_size: 1 << 16,
+        faults: None,
     }
 }
