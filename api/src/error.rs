@@ -39,6 +39,20 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 }
 
 impl ApiError {
+    /// The `reason` label of a refused write in the metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::LineProtocol(_)
+            | ApiError::Json(_)
+            | ApiError::Precision(_)
+            | ApiError::BadRequest(_) => "bad_request",
+            ApiError::Body(_) => "body",
+            ApiError::Engine(e) if e.is_retryable() => "backpressure",
+            ApiError::Engine(wattdb_engine::Error::Poisoned) => "wal_failed",
+            ApiError::Engine(_) | ApiError::Query(_) => "internal",
+        }
+    }
+
     fn status(&self) -> StatusCode {
         use wattdb_engine::Error as E;
         use wattdb_query::Error as Q;

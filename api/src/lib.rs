@@ -10,6 +10,7 @@
 //! port 0 and stop them when they are done.
 
 pub mod error;
+pub mod metrics;
 mod query;
 mod write;
 
@@ -49,6 +50,17 @@ impl Default for ApiConfig {
 pub struct AppState {
     pub engine: Engine,
     pub query: Arc<QueryEngine>,
+    pub metrics: Arc<metrics::ApiMetrics>,
+}
+
+impl AppState {
+    pub fn new(engine: Engine, query: QueryEngine) -> Self {
+        Self {
+            engine,
+            query: Arc::new(query),
+            metrics: Arc::default(),
+        }
+    }
 }
 
 /// The routes of WattDB's HTTP API.
@@ -59,6 +71,7 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
         .route("/api/v1/readings", post(write::json_readings))
         .route("/api/v1/query", post(query::query))
         .route("/health", get(health))
+        .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(RequestDecompressionLayer::new())

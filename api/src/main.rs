@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -154,10 +153,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..QueryConfig::default()
         },
     );
-    let state = AppState {
-        engine: engine.clone(),
-        query: Arc::new(query),
-    };
+    let state = AppState::new(engine.clone(), query);
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.http_addr))?;

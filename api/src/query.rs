@@ -1,5 +1,6 @@
 //! `POST /api/v1/query`: read-only SQL, streamed as JSON or CSV.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -65,6 +66,19 @@ pub async fn query(
     State(app): State<AppState>,
     req: Result<Json<QueryRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let result = run_query(&app, req, started).await;
+    if result.is_err() {
+        app.metrics.query_done(false, started.elapsed());
+    }
+    result
+}
+
+async fn run_query(
+    app: &AppState,
+    req: Result<Json<QueryRequest>, JsonRejection>,
+    started: std::time::Instant,
+) -> Result<Response, ApiError> {
     let Json(req) = req.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = app.query.deadline();
     let deadline = Deadline {
@@ -83,22 +97,31 @@ pub async fn query(
         None => encoder.encode(&RecordBatch::new_empty(stream.schema()))?,
     };
     let state = Some((stream, encoder, first.is_some()));
-    let tail = stream::unfold(state, move |state| async move {
-        let (mut stream, mut encoder, more) = state?;
-        if !more {
-            return Some((Ok(encoder.finish()), None));
-        }
-        let chunk = match next_batch(&mut stream, deadline).await {
-            Ok(Some(b)) => encoder.encode(&b),
-            Ok(None) => return Some((Ok(encoder.finish()), None)),
-            Err(e) => Err(e),
-        };
-        match chunk {
-            Ok(bytes) => Some((Ok(bytes), Some((stream, encoder, true)))),
-            Err(e) => {
-                // Headers are gone; all that is left is to cut the body short.
-                tracing::warn!(error = %e, "query failed while streaming; response cut short");
-                Some((Err(std::io::Error::other(e.to_string())), None))
+    let metrics = Arc::clone(&app.metrics);
+    let tail = stream::unfold(state, move |state| {
+        let metrics = Arc::clone(&metrics);
+        async move {
+            let (mut stream, mut encoder, more) = state?;
+            if !more {
+                metrics.query_done(true, started.elapsed());
+                return Some((Ok(encoder.finish()), None));
+            }
+            let chunk = match next_batch(&mut stream, deadline).await {
+                Ok(Some(b)) => encoder.encode(&b),
+                Ok(None) => {
+                    metrics.query_done(true, started.elapsed());
+                    return Some((Ok(encoder.finish()), None));
+                }
+                Err(e) => Err(e),
+            };
+            match chunk {
+                Ok(bytes) => Some((Ok(bytes), Some((stream, encoder, true)))),
+                Err(e) => {
+                    // Headers are gone; all that is left is to cut the body short.
+                    tracing::warn!(error = %e, "query failed while streaming; response cut short");
+                    metrics.query_done(false, started.elapsed());
+                    Some((Err(std::io::Error::other(e.to_string())), None))
+                }
             }
         }
     });

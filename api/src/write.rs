@@ -9,6 +9,7 @@ use wattdb_ingest::{Precision, ReadingBatch, decode_json_readings, decode_line_p
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::metrics::WritePath;
 
 /// Bodies larger than this are decoded off the async runtime.
 const DECODE_INLINE_BYTES: usize = 256 * 1024;
@@ -26,6 +27,41 @@ pub async fn line_protocol(
     Query(params): Query<WriteParams>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
+    let result = write_line_protocol(&app, params, body).await;
+    record(&app, WritePath::LineProtocol, result)
+}
+
+/// `POST /api/v1/readings`: a JSON array of readings (or one object); 204 once durable.
+pub async fn json_readings(
+    State(app): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let result = write_json(&app, body).await;
+    record(&app, WritePath::Json, result)
+}
+
+fn record(
+    app: &AppState,
+    path: WritePath,
+    result: Result<usize, ApiError>,
+) -> Result<StatusCode, ApiError> {
+    match result {
+        Ok(rows) => {
+            app.metrics.write_ok(path, rows);
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(e) => {
+            app.metrics.write_failed(path, &e);
+            Err(e)
+        }
+    }
+}
+
+async fn write_line_protocol(
+    app: &AppState,
+    params: WriteParams,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<usize, ApiError> {
     let body = body?;
     let precision = match params.precision.as_deref() {
         None | Some("") => Precision::Ns,
@@ -40,15 +76,13 @@ pub async fn line_protocol(
             .map_err(ApiError::LineProtocol)
     };
     let batch = run_decode(len, decode).await?;
-    app.engine.write(batch).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(app.engine.write(batch).await?.rows)
 }
 
-/// `POST /api/v1/readings`: a JSON array of readings (or one object); 204 once durable.
-pub async fn json_readings(
-    State(app): State<AppState>,
+async fn write_json(
+    app: &AppState,
     body: Result<Bytes, BytesRejection>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<usize, ApiError> {
     let body = body?;
     let now = now_ns();
     let len = body.len();
@@ -59,8 +93,7 @@ pub async fn json_readings(
             .map_err(ApiError::Json)
     };
     let batch = run_decode(len, decode).await?;
-    app.engine.write(batch).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(app.engine.write(batch).await?.rows)
 }
 
 /// Decodes on the async runtime when the body is small, on a blocking thread when it

@@ -32,6 +32,7 @@
 
 pub mod buffer;
 mod error;
+pub mod histogram;
 pub mod schema;
 mod writer;
 
@@ -98,6 +99,7 @@ pub struct WriteReceipt {
 /// Counters the engine keeps (exported as metrics by the API).
 #[derive(Debug, Default)]
 pub struct EngineStats {
+    /// Readings acknowledged (durable and queryable).
     pub rows: AtomicU64,
     pub batches: AtomicU64,
     pub fsyncs: AtomicU64,
@@ -105,6 +107,10 @@ pub struct EngineStats {
     pub refused_queue_full: AtomicU64,
     pub refused_buffer_full: AtomicU64,
     pub replayed_rows: AtomicU64,
+    /// Duration of each WAL write + fdatasync.
+    pub fsync_latency: histogram::Histogram,
+    /// From a batch entering the queue to it being queryable (just before its ack).
+    pub write_to_queryable: histogram::Histogram,
 }
 
 pub(crate) struct Shared {
@@ -277,7 +283,11 @@ impl Engine {
                 .fetch_add(1, Ordering::Relaxed);
             return Err(Error::BufferFull { bytes, limit });
         }
-        let msg = writer::Msg::Write { batch, ack };
+        let msg = writer::Msg::Write {
+            batch,
+            ack,
+            queued: Instant::now(),
+        };
         match self.inner.tx.try_send(msg) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => {

@@ -26,6 +26,7 @@ pub(crate) enum Msg {
     Write {
         batch: ReadingBatch,
         ack: oneshot::Sender<Result<WriteReceipt>>,
+        queued: Instant,
     },
     Shutdown,
 }
@@ -41,6 +42,7 @@ pub(crate) struct WriterArgs {
 
 pub(crate) struct Pending {
     batch: ReadingBatch,
+    queued: Instant,
     ack: oneshot::Sender<Result<WriteReceipt>>,
     seq: u64,
 }
@@ -58,17 +60,22 @@ pub(crate) fn run_wal(args: WriterArgs) {
     let mut shutdown = false;
     while !shutdown {
         let mut next = match rx.recv() {
-            Ok(Msg::Write { batch, ack }) => Some((batch, ack)),
+            Ok(Msg::Write { batch, ack, queued }) => Some((batch, ack, queued)),
             Ok(Msg::Shutdown) | Err(_) => break,
         };
         let deadline = Instant::now() + window;
         let mut group: Vec<Pending> = Vec::new();
         let mut rows = 0;
         loop {
-            if let Some((batch, ack)) = next.take() {
+            if let Some((batch, ack, queued)) = next.take() {
                 rows += batch.len();
                 match wal.append(&batch) {
-                    Ok(seq) => group.push(Pending { batch, ack, seq }),
+                    Ok(seq) => group.push(Pending {
+                        batch,
+                        queued,
+                        ack,
+                        seq,
+                    }),
                     Err(e) => {
                         let _ = ack.send(Err(e.into()));
                     }
@@ -78,7 +85,7 @@ pub(crate) fn run_wal(args: WriterArgs) {
                 break;
             }
             match rx.recv_deadline(deadline) {
-                Ok(Msg::Write { batch, ack }) => next = Some((batch, ack)),
+                Ok(Msg::Write { batch, ack, queued }) => next = Some((batch, ack, queued)),
                 Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                     shutdown = true;
                     break;
@@ -92,9 +99,11 @@ pub(crate) fn run_wal(args: WriterArgs) {
         let fsync_start = Instant::now();
         let committed = wal.commit();
         let stats = &shared.stats;
+        let took = fsync_start.elapsed();
+        stats.fsync_latency.record(took);
         stats
             .fsync_nanos
-            .fetch_add(fsync_start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
         stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         match committed {
             Ok(_) => {
@@ -133,7 +142,12 @@ pub(crate) fn run_apply(rx: Receiver<Vec<Pending>>, shared: Arc<Shared>) {
             .stats
             .batches
             .fetch_add(group.len() as u64, Ordering::Relaxed);
+        let now = Instant::now();
         for p in group {
+            shared
+                .stats
+                .write_to_queryable
+                .record(now.duration_since(p.queued));
             let receipt = WriteReceipt {
                 seq: p.seq,
                 rows: p.batch.len(),

@@ -343,3 +343,39 @@ fn gzip_bodies_are_accepted_as_telegraf_sends_them() {
     assert_eq!(crate::support::response(r).0, 204);
     assert_eq!(count(&server), 50);
 }
+
+#[test]
+fn metrics_count_writes_rejections_fsyncs_and_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let lines: String = (0..7).map(|i| lp_line("m", T0 + i, 1.0) + "\n").collect();
+    assert_eq!(server.write_lp(&lines).0, 204);
+    assert_eq!(
+        server.write_lp("power_metrics,device_id=m voltage=x").0,
+        400
+    );
+    let (status, _) = server.post(
+        "/api/v1/readings",
+        "application/json",
+        br#"{"device_id":"j","voltage":1,"current":1,"power":1}"#,
+    );
+    assert_eq!(status, 204);
+    assert_eq!(count(&server), 8);
+    let (status, text) = server.get("/metrics");
+    assert_eq!(status, 200);
+    for expected in [
+        "wattdb_ingested_readings_total{path=\"lp\"} 7\n",
+        "wattdb_ingested_readings_total{path=\"json\"} 1\n",
+        "wattdb_write_requests_total{path=\"lp\"} 2\n",
+        "wattdb_write_rejected_total{reason=\"bad_request\"} 1\n",
+        "wattdb_wal_batches_total 2\n",
+        "wattdb_wal_fsync_seconds_count 2\n",
+        "wattdb_write_to_queryable_seconds_count 2\n",
+        "wattdb_buffer_readings 8\n",
+        "wattdb_queries_total{outcome=\"ok\"} 1\n",
+        "wattdb_wal_poisoned 0\n",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    assert!(text.contains("wattdb_process_resident_bytes "), "{text}");
+}

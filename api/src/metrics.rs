@@ -1,0 +1,237 @@
+//! `GET /metrics`: Prometheus text format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use wattdb_engine::histogram::Histogram;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Write paths, as `path` label values.
+#[derive(Debug, Clone, Copy)]
+pub enum WritePath {
+    LineProtocol,
+    Json,
+}
+
+const PATHS: [&str; 2] = ["lp", "json"];
+/// Reasons a write is rejected, as `reason` label values.
+const REASONS: [&str; 5] = [
+    "bad_request",
+    "body",
+    "backpressure",
+    "wal_failed",
+    "internal",
+];
+
+/// Counters kept by the API layer; the engine keeps its own.
+#[derive(Debug, Default)]
+pub struct ApiMetrics {
+    ingested: [AtomicU64; PATHS.len()],
+    write_requests: [AtomicU64; PATHS.len()],
+    rejected: [AtomicU64; REASONS.len()],
+    queries_ok: AtomicU64,
+    queries_failed: AtomicU64,
+    pub query_latency: Histogram,
+}
+
+impl ApiMetrics {
+    pub fn write_ok(&self, path: WritePath, rows: usize) {
+        self.write_requests[path as usize].fetch_add(1, Ordering::Relaxed);
+        self.ingested[path as usize].fetch_add(rows as u64, Ordering::Relaxed);
+    }
+
+    pub fn write_failed(&self, path: WritePath, error: &ApiError) {
+        self.write_requests[path as usize].fetch_add(1, Ordering::Relaxed);
+        let i = REASONS
+            .iter()
+            .position(|r| *r == error.reason())
+            .unwrap_or(REASONS.len() - 1);
+        self.rejected[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn query_done(&self, ok: bool, elapsed: std::time::Duration) {
+        let c = if ok {
+            &self.queries_ok
+        } else {
+            &self.queries_failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        self.query_latency.record(elapsed);
+    }
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    let m = &app.metrics;
+    let e = app.engine.stats();
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut out = String::with_capacity(8 * 1024);
+
+    metric(
+        &mut out,
+        "wattdb_ingested_readings_total",
+        "counter",
+        "Readings acknowledged, by write path.",
+    );
+    for (i, p) in PATHS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "wattdb_ingested_readings_total{{path=\"{p}\"}} {}",
+            load(&m.ingested[i])
+        );
+    }
+    metric(
+        &mut out,
+        "wattdb_write_requests_total",
+        "counter",
+        "Write requests, by write path.",
+    );
+    for (i, p) in PATHS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "wattdb_write_requests_total{{path=\"{p}\"}} {}",
+            load(&m.write_requests[i])
+        );
+    }
+    metric(
+        &mut out,
+        "wattdb_write_rejected_total",
+        "counter",
+        "Write requests refused, by reason.",
+    );
+    for (i, r) in REASONS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "wattdb_write_rejected_total{{reason=\"{r}\"}} {}",
+            load(&m.rejected[i])
+        );
+    }
+    metric(
+        &mut out,
+        "wattdb_write_queue_depth",
+        "gauge",
+        "Batches waiting for the WAL writer.",
+    );
+    let _ = writeln!(out, "wattdb_write_queue_depth {}", app.engine.queue_depth());
+    metric(
+        &mut out,
+        "wattdb_wal_batches_total",
+        "counter",
+        "Batches committed to the WAL.",
+    );
+    let _ = writeln!(out, "wattdb_wal_batches_total {}", load(&e.batches));
+    metric(
+        &mut out,
+        "wattdb_wal_fsyncs_total",
+        "counter",
+        "WAL group commits (one write and fdatasync each).",
+    );
+    let _ = writeln!(out, "wattdb_wal_fsyncs_total {}", load(&e.fsyncs));
+    metric(
+        &mut out,
+        "wattdb_wal_fsync_seconds",
+        "histogram",
+        "Duration of a WAL write and fdatasync.",
+    );
+    e.fsync_latency
+        .render(&mut out, "wattdb_wal_fsync_seconds", "");
+    metric(
+        &mut out,
+        "wattdb_write_to_queryable_seconds",
+        "histogram",
+        "From a batch entering the write queue to it being durable and queryable.",
+    );
+    e.write_to_queryable
+        .render(&mut out, "wattdb_write_to_queryable_seconds", "");
+    metric(
+        &mut out,
+        "wattdb_wal_poisoned",
+        "gauge",
+        "1 once a WAL write or fsync failed (writes refused until restart).",
+    );
+    let _ = writeln!(
+        out,
+        "wattdb_wal_poisoned {}",
+        u8::from(app.engine.is_poisoned())
+    );
+    metric(
+        &mut out,
+        "wattdb_wal_replayed_readings",
+        "gauge",
+        "Readings replayed from the WAL at start.",
+    );
+    let _ = writeln!(
+        out,
+        "wattdb_wal_replayed_readings {}",
+        load(&e.replayed_rows)
+    );
+    let (rows, bytes) = app.engine.buffer_usage();
+    metric(
+        &mut out,
+        "wattdb_buffer_readings",
+        "gauge",
+        "Readings held in the in-memory buffer.",
+    );
+    let _ = writeln!(out, "wattdb_buffer_readings {rows}");
+    metric(
+        &mut out,
+        "wattdb_buffer_bytes",
+        "gauge",
+        "Memory held by the in-memory buffer.",
+    );
+    let _ = writeln!(out, "wattdb_buffer_bytes {bytes}");
+    metric(
+        &mut out,
+        "wattdb_queries_total",
+        "counter",
+        "SQL queries, by outcome.",
+    );
+    let _ = writeln!(
+        out,
+        "wattdb_queries_total{{outcome=\"ok\"}} {}",
+        load(&m.queries_ok)
+    );
+    let _ = writeln!(
+        out,
+        "wattdb_queries_total{{outcome=\"error\"}} {}",
+        load(&m.queries_failed)
+    );
+    metric(
+        &mut out,
+        "wattdb_query_seconds",
+        "histogram",
+        "Duration of a query, from request to the last byte of the result.",
+    );
+    m.query_latency.render(&mut out, "wattdb_query_seconds", "");
+    if let Some(rss) = resident_bytes() {
+        metric(
+            &mut out,
+            "wattdb_process_resident_bytes",
+            "gauge",
+            "Resident memory of the WattDB process.",
+        );
+        let _ = writeln!(out, "wattdb_process_resident_bytes {rss}");
+    }
+    let mut resp = out.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+/// Resident set size from `/proc/self/statm` (Linux).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = rustix::param::page_size() as u64;
+    Some(pages * page)
+}
