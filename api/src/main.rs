@@ -24,6 +24,9 @@ struct Cli {
 enum Command {
     /// Run the server: HTTP writes and queries over a durable write-ahead log.
     Serve(ServeArgs),
+    /// Simulate a fleet of smart plugs writing to a running WattDB, then verify that
+    /// every acknowledged reading is stored exactly once.
+    Loadgen(LoadgenCli),
     /// Inspect or repair the write-ahead log of a stopped server.
     Wal {
         #[command(subcommand)]
@@ -74,6 +77,116 @@ struct ServeArgs {
     log_format: LogFormat,
 }
 
+#[derive(Debug, clap::Args)]
+struct LoadgenCli {
+    /// Base URL of the WattDB to load.
+    #[arg(long, default_value = "http://127.0.0.1:8181")]
+    url: String,
+    /// Write path: InfluxDB line protocol or JSON readings.
+    #[arg(long, value_enum, default_value = "lp")]
+    protocol: LoadProtocol,
+    /// Simulated plugs (each reports once per simulated second).
+    #[arg(long, default_value_t = 1000)]
+    plugs: u32,
+    /// Readings per second, open loop (default: one per plug per second).
+    #[arg(long, conflicts_with = "max")]
+    rate: Option<u64>,
+    /// Flat out: send as fast as acknowledgements come back.
+    #[arg(long)]
+    max: bool,
+    /// How long to run: `30s`, `5m`, `1h` (a bare number is seconds).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Seed of the simulated fleet (same seed, same readings).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Readings per request (default 5000 for lp, 1000 for json; capped so each
+    /// connection sends at least once a second in open loop).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Share of readings delivered late (0.0-1.0).
+    #[arg(long, default_value_t = 0.0)]
+    late_share: f64,
+    /// Share of readings sent twice (a plug resending).
+    #[arg(long, default_value_t = 0.0)]
+    duplicate_share: f64,
+    /// Share of readings delivered out of order.
+    #[arg(long, default_value_t = 0.0)]
+    out_of_order_share: f64,
+    /// Skip the verification query at the end.
+    #[arg(long)]
+    no_verify: bool,
+    /// API token, sent as `Authorization: Bearer TOKEN`.
+    #[arg(long, env = "WATTDB_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print one JSON object instead of the human summary (no progress line).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LoadProtocol {
+    Lp,
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 5m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn loadgen(cli: LoadgenCli) -> anyhow::Result<()> {
+    let args = wattdb_benches::LoadgenArgs {
+        url: cli.url.trim_end_matches('/').to_owned(),
+        protocol: match cli.protocol {
+            LoadProtocol::Lp => wattdb_benches::Protocol::Lp,
+            LoadProtocol::Json => wattdb_benches::Protocol::Json,
+        },
+        plugs: cli.plugs,
+        rate: cli.rate,
+        max: cli.max,
+        duration: cli.duration,
+        seed: cli.seed,
+        batch_size: cli.batch_size,
+        connections: cli.connections.max(1),
+        late_share: cli.late_share,
+        duplicate_share: cli.duplicate_share,
+        out_of_order_share: cli.out_of_order_share,
+        verify: !cli.no_verify,
+        token: cli.token,
+        progress: !cli.json,
+        ..wattdb_benches::LoadgenArgs::default()
+    };
+    let report = wattdb_benches::run(args).context("load generator failed")?;
+    if cli.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        report.print_human();
+    }
+    let clean = report.lost.unwrap_or(0) == 0 && report.duplicated.unwrap_or(0) == 0;
+    if !clean {
+        std::process::exit(2);
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -107,6 +220,7 @@ fn main() -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             runtime.block_on(serve(args))
         }
+        Command::Loadgen(cli) => loadgen(cli),
         Command::Wal { command } => {
             init_tracing(LogFormat::Text);
             wal_command(command)

@@ -9,3 +9,5 @@ mod support;
 mod crash;
 #[path = "integration/http.rs"]
 mod http;
+#[path = "integration/loadgen.rs"]
+mod loadgen;

@@ -1,1 +1,34 @@
-//! placeholder
+//! WattDB workload benchmarks: the plug-fleet simulator and the load generator behind
+//! `wattdb loadgen`.
+//!
+//! This crate sits outside the server. It talks to a running WattDB over HTTP exactly
+//! as a fleet of smart plugs (or their gateway) would, and it depends on no other
+//! WattDB crate, so it measures what a user would meet: rows/s, ack latency, errors and
+//! verified loss.
+//!
+//! - [`simulator`]: a deterministic, seeded fleet of plugs ([`Fleet`]) with appliance
+//!   profiles, mains-voltage drift, real-plug reporting resolution, a cumulative energy
+//!   counter with occasional resets, relay-off periods, and configurable shares of late,
+//!   out-of-order and duplicated (resent) readings. One [`Reading`] per plug per
+//!   simulated second, with no allocation per reading.
+//! - [`encode`]: appends a reading to a reusable `Vec<u8>` as one InfluxDB
+//!   line-protocol line ([`encode_lp`]) or one JSON object ([`encode_json`]).
+//! - [`loadgen`]: [`run`] drives a fleet against a server's write routes from a pool of
+//!   keep-alive connections, open loop at a scheduled rate (latency measured from the
+//!   scheduled send time, so a slow server cannot hide its queueing) or flat out, then
+//!   verifies with SQL that every acknowledged reading is stored exactly once, and
+//!   returns a [`Report`].
+//! - [`histogram`]: the log-bucket latency histogram the report's percentiles come from.
+//!
+//! It is not a client library: it knows only the write routes and the query route.
+
+pub mod encode;
+pub mod histogram;
+pub mod loadgen;
+mod rng;
+pub mod simulator;
+
+pub use encode::{encode_json, encode_lp};
+pub use histogram::Histogram;
+pub use loadgen::{LoadgenArgs, LoadgenError, Protocol, Report, run};
+pub use simulator::{Delivery, DeviceType, Fleet, FleetConfig, Plug, Reading};

@@ -1,0 +1,1082 @@
+//! The load generator behind `wattdb loadgen`: a [`Fleet`] writing to a server over
+//! HTTP, then checking that the server kept what it acknowledged.
+//!
+//! ```text
+//!  Fleet ─► producer (calling thread) ─► bounded queue ─► N sender threads ─► server
+//!  encode + batch, pace by schedule                       one keep-alive agent each
+//!                                   ◄── recycled buffers ──┘ acks → AckSet, histogram
+//! ```
+//!
+//! Pacing:
+//!
+//! - Open loop (default): reading `k` of the run is due at `k / rate` seconds after the
+//!   start (`rate` defaults to one reading per plug per second, i.e. real time). A batch
+//!   is due when its last reading is; ack latency is measured from that scheduled
+//!   time, not from when a sender got round to it, so a server that falls behind shows
+//!   growing latency instead of a quietly lower send rate (no coordinated omission).
+//!   The run sends `rate × duration` readings.
+//! - `max`: flat out, closed loop: batches go out as fast as senders get acks; latency
+//!   is measured from the actual send. Stops after `duration`.
+//! - `backfill`: writes the simulated range `[start, end)` flat out, then delivers the
+//!   held-back readings too; `duration` does not apply.
+//!
+//! Batch size: `batch_size` readings per request (default 5000 for line protocol, 1000
+//! for JSON). In open loop it is capped at `rate / connections` (at least 1), so that
+//! a request never holds more than `1 / connections` s of data and every connection
+//! sends at least once a second, however low the rate.
+//!
+//! Errors: 429 and 503 are retried after the server's `Retry-After` (seconds) or a
+//! backoff from 50 ms doubling to 2 s, up to [`LoadgenArgs::max_retries`] times; each
+//! refusal counts in [`Report::errors`] under `http_429`/`http_503`, and a batch that
+//! runs out of retries counts under `retries_exhausted`. Any other failure (`http_400`,
+//! `connection_failed`, `io`, …) counts once and the batch is not acknowledged. A
+//! batch is never dropped without a count.
+//!
+//! Verification: the loadgen knows exactly which distinct readings `(plug, second)` were
+//! acknowledged: one bit each, kept per simulated second in words of 64 plugs, so
+//! `ceil(plugs / 64) × 8` bytes per simulated second (10 k plugs for an hour: 4.5 MB;
+//! 1 M plugs for an hour: 450 MB). Nothing per timestamp is stored. After the run it
+//! asks the server, per device, for the stored rows and distinct timestamps in the
+//! acknowledged time range ([`verify_sql`]), and reports `lost` (acknowledged distinct
+//! readings not stored) and `duplicated` (rows stored beyond the distinct ones).
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde::Serialize;
+
+use crate::encode::{encode_json, encode_lp};
+use crate::histogram::Histogram;
+use crate::simulator::{Fleet, FleetConfig, NS_PER_S, Reading};
+
+/// How readings are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// InfluxDB line protocol, `POST /api/v2/write?precision=ns`.
+    #[default]
+    Lp,
+    /// JSON array of readings, `POST /api/v1/readings`.
+    Json,
+}
+
+impl Protocol {
+    fn path(self) -> &'static str {
+        match self {
+            Self::Lp => "/api/v2/write?precision=ns",
+            Self::Json => "/api/v1/readings",
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Self::Lp => "text/plain; charset=utf-8",
+            Self::Json => "application/json",
+        }
+    }
+
+    /// Default readings per request.
+    pub fn default_batch_size(self) -> usize {
+        match self {
+            Self::Lp => 5000,
+            Self::Json => 1000,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Lp => "lp",
+            Self::Json => "json",
+        })
+    }
+}
+
+/// What [`run`] does. See the [module docs](self) for pacing, batching and errors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadgenArgs {
+    /// Base URL of the server, e.g. `http://127.0.0.1:8181`.
+    pub url: String,
+    pub protocol: Protocol,
+    pub plugs: u32,
+    /// Readings per second, open loop; `None`: one per plug per second.
+    pub rate: Option<u64>,
+    /// Flat out instead of paced (then `rate` must be `None`).
+    pub max: bool,
+    /// How long to send (open loop and `max`).
+    pub duration: Duration,
+    pub seed: u64,
+    /// Readings per request; `None`: [`Protocol::default_batch_size`].
+    pub batch_size: Option<usize>,
+    /// Concurrent sender threads, each with its own keep-alive connection.
+    pub connections: usize,
+    /// Write the simulated range `[start_ns, end_ns)` flat out instead.
+    pub backfill: Option<(i64, i64)>,
+    /// Simulated start time (ns since the epoch) for non-backfill runs; `None`: now.
+    pub start_ns: Option<i64>,
+    pub late_share: f64,
+    pub duplicate_share: f64,
+    pub out_of_order_share: f64,
+    /// Query the server after the run for lost and duplicated readings.
+    pub verify: bool,
+    /// Sent as `Authorization: Bearer {token}`.
+    pub token: Option<String>,
+    /// Print a progress line on stderr every second.
+    pub progress: bool,
+    /// Retries of a batch refused with 429 or 503.
+    pub max_retries: u32,
+    /// Timeout of one request (connect + send + ack).
+    pub request_timeout: Duration,
+}
+
+impl Default for LoadgenArgs {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8181".to_owned(),
+            protocol: Protocol::Lp,
+            plugs: 1000,
+            rate: None,
+            max: false,
+            duration: Duration::from_secs(10),
+            seed: 1,
+            batch_size: None,
+            connections: 4,
+            backfill: None,
+            start_ns: None,
+            late_share: 0.0,
+            duplicate_share: 0.0,
+            out_of_order_share: 0.0,
+            verify: true,
+            token: None,
+            progress: true,
+            max_retries: 30,
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why [`run`] could not run. Failures during the run (HTTP errors, refused
+/// connections) are counted in the [`Report`] instead.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadgenError {
+    #[error("invalid loadgen argument {field}: {reason}")]
+    InvalidArgs {
+        field: &'static str,
+        reason: &'static str,
+    },
+    #[error("could not start a loadgen thread")]
+    Spawn(#[source] io::Error),
+    #[error("a loadgen sender thread panicked")]
+    SenderPanicked,
+}
+
+/// Why verification failed; the run's figures are still reported.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("verification query failed with HTTP {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("verification query could not reach the server")]
+    Transport(#[source] Box<ureq::Transport>),
+    #[error("reading the verification response failed")]
+    Read(#[source] io::Error),
+    #[error("verification response line {line}: expected `device_id,n,d`, found {found:?}")]
+    Csv { line: usize, found: String },
+}
+
+/// The outcome of a run. `--json` prints it as one object with these field names.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Report {
+    pub protocol: Protocol,
+    pub plugs: u32,
+    pub connections: usize,
+    /// Readings per request actually used.
+    pub batch_size: usize,
+    /// Scheduled readings/s (open loop); `null` for `max` and backfill.
+    pub target_rate: Option<u64>,
+    /// Readings sent (each once, however often its batch was retried).
+    pub sent: u64,
+    /// Readings in acknowledged requests (deliberate duplicates included).
+    pub acked: u64,
+    /// Distinct `(device_id, ts)` among the acknowledged readings.
+    pub acked_distinct: u64,
+    /// `acked / elapsed_s`.
+    pub rows_per_s: f64,
+    /// Ack latency per request, from its scheduled send time (open loop) or its actual
+    /// send time (`max`, backfill), in milliseconds.
+    pub ack_p50_ms: f64,
+    pub ack_p99_ms: f64,
+    pub ack_p999_ms: f64,
+    pub ack_max_ms: f64,
+    /// Failures by kind: `http_<status>`, `retries_exhausted`, `connection_failed`,
+    /// `dns`, `io`, `transport`.
+    pub errors: BTreeMap<String, u64>,
+    /// The first message seen for each error kind.
+    pub error_samples: BTreeMap<String, String>,
+    /// Acknowledged distinct readings the server does not have; `null` if not verified.
+    pub lost: Option<u64>,
+    /// Rows stored beyond one per `(device_id, ts)`; `null` if not verified.
+    pub duplicated: Option<u64>,
+    /// Distinct readings stored that were never acknowledged (a request that failed
+    /// after the write, or an earlier run in the same range); `null` if not verified.
+    pub unacked_stored: Option<u64>,
+    /// Why verification was not done, if it was asked for and failed.
+    pub verify_error: Option<String>,
+    /// From the first send to the last ack.
+    pub elapsed_s: f64,
+    /// HTTP requests made, retries included.
+    pub requests: u64,
+}
+
+impl Report {
+    /// Prints the summary for people on stdout.
+    pub fn print_human(&self) {
+        print!("{self}");
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rate = match self.target_rate {
+            Some(r) => format!("{r} readings/s scheduled"),
+            None => "flat out".to_owned(),
+        };
+        writeln!(
+            f,
+            "wattdb loadgen: {} plugs over {}, {rate}, {} connections, batches of {}",
+            self.plugs, self.protocol, self.connections, self.batch_size
+        )?;
+        writeln!(
+            f,
+            "  sent      {} readings in {} requests over {:.1} s",
+            self.sent, self.requests, self.elapsed_s
+        )?;
+        writeln!(
+            f,
+            "  acked     {} readings ({} distinct), {:.0} rows/s",
+            self.acked, self.acked_distinct, self.rows_per_s
+        )?;
+        writeln!(
+            f,
+            "  ack       p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+            self.ack_p50_ms, self.ack_p99_ms, self.ack_p999_ms, self.ack_max_ms
+        )?;
+        if self.errors.is_empty() {
+            writeln!(f, "  errors    none")?;
+        } else {
+            for (kind, n) in &self.errors {
+                let sample = self.error_samples.get(kind).map_or("", String::as_str);
+                writeln!(f, "  errors    {kind}: {n}  ({sample})")?;
+            }
+        }
+        match (self.lost, self.duplicated, &self.verify_error) {
+            (Some(lost), Some(dup), _) => writeln!(
+                f,
+                "  verified  lost {lost}, duplicated {dup}, stored but not acked {}",
+                self.unacked_stored.unwrap_or(0)
+            ),
+            (_, _, Some(e)) => writeln!(f, "  verified  no: {e}"),
+            _ => writeln!(f, "  verified  not asked"),
+        }
+    }
+}
+
+/// The verification query for readings with `ts` in `[min_ts, max_ts]` (ns).
+pub fn verify_sql(min_ts: i64, max_ts: i64) -> String {
+    format!(
+        "SELECT device_id, count(*) AS n, count(DISTINCT ts) AS d FROM readings \
+         WHERE device_id LIKE 'plug-%' AND ts >= '{}' AND ts <= '{}' GROUP BY device_id",
+        rfc3339_ns(min_ts),
+        rfc3339_ns(max_ts)
+    )
+}
+
+/// `2023-11-14T22:13:20.123456789Z`.
+fn rfc3339_ns(ns: i64) -> String {
+    let secs = ns.div_euclid(NS_PER_S);
+    let frac = ns.rem_euclid(NS_PER_S);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60
+    )
+}
+
+/// Runs the load and, if asked, verifies it. Blocks until done.
+pub fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
+    validate(&args)?;
+    let pacing = match (args.max, args.backfill, args.rate) {
+        (false, None, rate) => Pacing::Open {
+            rate: rate.unwrap_or(u64::from(args.plugs)),
+        },
+        _ => Pacing::Flat,
+    };
+    let mut batch_size = args
+        .batch_size
+        .unwrap_or(args.protocol.default_batch_size());
+    if let Pacing::Open { rate } = pacing {
+        let per_connection = usize::try_from(rate / args.connections as u64).unwrap_or(usize::MAX);
+        batch_size = batch_size.min(per_connection.max(1));
+    }
+    let start_ns = match (args.backfill, args.start_ns) {
+        (Some((start, _)), _) => start,
+        (None, Some(start)) => start,
+        (None, None) => now_ns() / NS_PER_S * NS_PER_S,
+    };
+    let mut fleet = Fleet::new(FleetConfig {
+        plugs: args.plugs,
+        seed: args.seed,
+        start_ns,
+        late_share: args.late_share,
+        duplicate_share: args.duplicate_share,
+        out_of_order_share: args.out_of_order_share,
+        ..FleetConfig::default()
+    });
+
+    let shared = Arc::new(Shared::new(args.plugs));
+    let (work_tx, work_rx) = crossbeam_channel::bounded::<Batch>(args.connections * 2);
+    let (recycle_tx, recycle_rx) = crossbeam_channel::unbounded::<Batch>();
+    let url = format!("{}{}", args.url.trim_end_matches('/'), args.protocol.path());
+    let auth = args.token.as_ref().map(|t| format!("Bearer {t}"));
+
+    let t0 = Instant::now();
+    let mut senders = Vec::with_capacity(args.connections);
+    for i in 0..args.connections {
+        let sender = HttpSender {
+            agent: agent(args.request_timeout),
+            url: url.clone(),
+            content_type: args.protocol.content_type(),
+            auth: auth.clone(),
+            max_retries: args.max_retries,
+            shared: Arc::clone(&shared),
+        };
+        let work = work_rx.clone();
+        let recycle = recycle_tx.clone();
+        let handle = thread::Builder::new()
+            .name(format!("loadgen-sender-{i}"))
+            .spawn(move || sender.run(&work, &recycle))
+            .map_err(LoadgenError::Spawn)?;
+        senders.push(handle);
+    }
+    drop(work_rx);
+    drop(recycle_tx);
+
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let progress = if args.progress {
+        let shared = Arc::clone(&shared);
+        Some(
+            thread::Builder::new()
+                .name("loadgen-progress".to_owned())
+                .spawn(move || print_progress(&shared, t0, &stop_rx))
+                .map_err(LoadgenError::Spawn)?,
+        )
+    } else {
+        None
+    };
+
+    let mut producer = Producer {
+        protocol: args.protocol,
+        batch_size,
+        batch: Batch::with_capacity(batch_size, args.protocol),
+        work: work_tx,
+        recycle: recycle_rx,
+        pacing,
+        t0,
+        emitted: 0,
+        limit: match pacing {
+            Pacing::Open { rate } => Some((rate as f64 * args.duration.as_secs_f64()) as u64),
+            Pacing::Flat => None,
+        },
+        deadline: (args.backfill.is_none() && args.max).then(|| t0 + args.duration),
+        ts_end: args.backfill.map(|(_, end)| end),
+        done: false,
+        shared: Arc::clone(&shared),
+    };
+    match args.backfill {
+        Some((_, end)) => {
+            while fleet.now_ns() < end && !producer.done {
+                fleet.next_second(&mut |r| producer.push(r));
+            }
+            fleet.flush(&mut |r| producer.push(r));
+        }
+        None => {
+            while !producer.done {
+                fleet.next_second(&mut |r| producer.push(r));
+            }
+        }
+    }
+    producer.dispatch();
+    drop(producer);
+
+    let mut stats = SenderStats::default();
+    let mut panicked = false;
+    for handle in senders {
+        match handle.join() {
+            Ok(s) => stats.merge(s),
+            Err(_) => panicked = true,
+        }
+    }
+    let elapsed = t0.elapsed();
+    drop(stop_tx);
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
+    if panicked {
+        return Err(LoadgenError::SenderPanicked);
+    }
+
+    let acks = shared.acks.lock().unwrap_or_else(PoisonError::into_inner);
+    let acked = shared.acked.load(Ordering::Relaxed);
+    let elapsed_s = elapsed.as_secs_f64();
+    let ms = |us: u64| us as f64 / 1000.0;
+    let mut report = Report {
+        protocol: args.protocol,
+        plugs: args.plugs,
+        connections: args.connections,
+        batch_size,
+        target_rate: match pacing {
+            Pacing::Open { rate } => Some(rate),
+            Pacing::Flat => None,
+        },
+        sent: shared.sent.load(Ordering::Relaxed),
+        acked,
+        acked_distinct: acks.distinct(),
+        rows_per_s: if elapsed_s > 0.0 {
+            acked as f64 / elapsed_s
+        } else {
+            0.0
+        },
+        ack_p50_ms: ms(stats.latency_us.quantile(0.5)),
+        ack_p99_ms: ms(stats.latency_us.quantile(0.99)),
+        ack_p999_ms: ms(stats.latency_us.quantile(0.999)),
+        ack_max_ms: ms(stats.latency_us.max()),
+        errors: stats.errors,
+        error_samples: stats.samples,
+        lost: None,
+        duplicated: None,
+        unacked_stored: None,
+        verify_error: None,
+        elapsed_s,
+        requests: shared.requests.load(Ordering::Relaxed),
+    };
+    if args.verify {
+        match verify(&args, auth.as_deref(), &acks) {
+            Ok(v) => {
+                report.lost = Some(v.lost);
+                report.duplicated = Some(v.duplicated);
+                report.unacked_stored = Some(v.unacked_stored);
+            }
+            Err(e) => report.verify_error = Some(error_chain(&e)),
+        }
+    }
+    Ok(report)
+}
+
+fn validate(args: &LoadgenArgs) -> Result<(), LoadgenError> {
+    let bad = |field, reason| Err(LoadgenError::InvalidArgs { field, reason });
+    let share = |s: f64| (0.0..=1.0).contains(&s);
+    if args.plugs == 0 {
+        return bad("plugs", "must be at least 1");
+    }
+    if args.connections == 0 {
+        return bad("connections", "must be at least 1");
+    }
+    if args.rate == Some(0) {
+        return bad("rate", "must be at least 1");
+    }
+    if args.max && args.rate.is_some() {
+        return bad("rate", "cannot be combined with max");
+    }
+    if args.batch_size == Some(0) {
+        return bad("batch_size", "must be at least 1");
+    }
+    if !share(args.late_share) || !share(args.duplicate_share) || !share(args.out_of_order_share) {
+        return bad("late/duplicate/out_of_order share", "must be within 0..=1");
+    }
+    if args.late_share + args.out_of_order_share > 1.0 {
+        return bad("late_share + out_of_order_share", "must not exceed 1");
+    }
+    if let Some((start, end)) = args.backfill
+        && start >= end
+    {
+        return bad("backfill", "start must be before end");
+    }
+    if !args.url.starts_with("http://") && !args.url.starts_with("https://") {
+        return bad("url", "must start with http:// or https://");
+    }
+    Ok(())
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(5))
+        .timeout(timeout)
+        .max_idle_connections(4)
+        .max_idle_connections_per_host(2)
+        .build()
+}
+
+/// `error: cause: cause`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let _ = write!(s, ": {c}");
+        cause = c.source();
+    }
+    s
+}
+
+/// State the producer, the senders and the progress line share.
+#[derive(Debug)]
+struct Shared {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    errors: AtomicU64,
+    requests: AtomicU64,
+    acks: Mutex<AckSet>,
+}
+
+impl Shared {
+    fn new(plugs: u32) -> Self {
+        Self {
+            sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            acks: Mutex::new(AckSet::new(plugs)),
+        }
+    }
+}
+
+/// One bit per distinct reading `(tick, plug)`, tick-major, plus the acked `ts` range.
+#[derive(Debug)]
+struct AckSet {
+    plugs: u32,
+    words_per_tick: usize,
+    bits: Vec<u64>,
+    min_ts: i64,
+    max_ts: i64,
+}
+
+impl AckSet {
+    fn new(plugs: u32) -> Self {
+        Self {
+            plugs,
+            words_per_tick: (plugs as usize).div_ceil(64),
+            bits: Vec::new(),
+            min_ts: i64::MAX,
+            max_ts: i64::MIN,
+        }
+    }
+
+    fn mark(&mut self, batch: &Batch) {
+        for &key in &batch.keys {
+            let (tick, plug) = split_key(key);
+            let word = tick as usize * self.words_per_tick + plug as usize / 64;
+            if word >= self.bits.len() {
+                let want = (tick as usize + 1) * self.words_per_tick;
+                self.bits.resize(want.max(self.bits.len() * 2), 0);
+            }
+            self.bits[word] |= 1 << (plug % 64);
+        }
+        self.min_ts = self.min_ts.min(batch.min_ts);
+        self.max_ts = self.max_ts.max(batch.max_ts);
+    }
+
+    fn distinct(&self) -> u64 {
+        self.bits.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    fn per_plug(&self) -> Vec<u64> {
+        let mut counts = vec![0; self.plugs as usize];
+        for row in self.bits.chunks(self.words_per_tick.max(1)) {
+            for (w, &word) in row.iter().enumerate() {
+                let mut bits = word;
+                while bits != 0 {
+                    counts[w * 64 + bits.trailing_zeros() as usize] += 1;
+                    bits &= bits - 1;
+                }
+            }
+        }
+        counts
+    }
+}
+
+fn key(r: &Reading<'_>) -> u64 {
+    (r.tick << 32) | u64::from(r.plug_index)
+}
+
+fn split_key(key: u64) -> (u64, u32) {
+    (key >> 32, key as u32)
+}
+
+/// One request's worth of readings.
+#[derive(Debug)]
+struct Batch {
+    body: Vec<u8>,
+    keys: Vec<u64>,
+    min_ts: i64,
+    max_ts: i64,
+    /// When the batch was due (open loop); `None`: measure from the actual send.
+    scheduled: Option<Instant>,
+}
+
+impl Batch {
+    fn with_capacity(rows: usize, protocol: Protocol) -> Self {
+        let per_row = match protocol {
+            Protocol::Lp => 190,
+            Protocol::Json => 230,
+        };
+        Self {
+            body: Vec::with_capacity(rows * per_row + 2),
+            keys: Vec::with_capacity(rows),
+            min_ts: i64::MAX,
+            max_ts: i64::MIN,
+            scheduled: None,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.body.clear();
+        self.keys.clear();
+        self.min_ts = i64::MAX;
+        self.max_ts = i64::MIN;
+        self.scheduled = None;
+    }
+
+    fn rows(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Pacing {
+    Open { rate: u64 },
+    Flat,
+}
+
+/// Encodes readings into batches and hands them to the senders on schedule.
+struct Producer {
+    protocol: Protocol,
+    batch_size: usize,
+    batch: Batch,
+    work: Sender<Batch>,
+    recycle: Receiver<Batch>,
+    pacing: Pacing,
+    t0: Instant,
+    /// Readings put in batches so far.
+    emitted: u64,
+    /// Open loop: readings in the whole run.
+    limit: Option<u64>,
+    /// `max`: stop at this instant.
+    deadline: Option<Instant>,
+    /// Backfill: readings at or after this ts are not sent.
+    ts_end: Option<i64>,
+    done: bool,
+    shared: Arc<Shared>,
+}
+
+impl Producer {
+    fn push(&mut self, r: &Reading<'_>) {
+        if self.done || self.ts_end.is_some_and(|end| r.ts >= end) {
+            return;
+        }
+        if self.limit.is_some_and(|limit| self.emitted >= limit) {
+            self.done = true;
+            return;
+        }
+        let b = &mut self.batch;
+        match self.protocol {
+            Protocol::Lp => encode_lp(r, &mut b.body),
+            Protocol::Json => {
+                b.body.push(if b.keys.is_empty() { b'[' } else { b',' });
+                encode_json(r, &mut b.body);
+            }
+        }
+        b.keys.push(key(r));
+        b.min_ts = b.min_ts.min(r.ts);
+        b.max_ts = b.max_ts.max(r.ts);
+        self.emitted += 1;
+        if b.rows() >= self.batch_size {
+            self.dispatch();
+        }
+    }
+
+    /// Sends the current batch (if any) once it is due.
+    fn dispatch(&mut self) {
+        if self.batch.rows() == 0 {
+            return;
+        }
+        if self.protocol == Protocol::Json {
+            self.batch.body.push(b']');
+        }
+        if let Pacing::Open { rate } = self.pacing {
+            let due = self.t0 + Duration::from_secs_f64(self.emitted as f64 / rate as f64);
+            let now = Instant::now();
+            if due > now {
+                thread::sleep(due - now);
+            }
+            self.batch.scheduled = Some(due);
+        }
+        self.shared
+            .sent
+            .fetch_add(self.batch.rows() as u64, Ordering::Relaxed);
+        let next = self
+            .recycle
+            .try_recv()
+            .unwrap_or_else(|_| Batch::with_capacity(self.batch_size, self.protocol));
+        let full = std::mem::replace(&mut self.batch, next);
+        if self.work.send(full).is_err() {
+            // Every sender is gone (they only stop when the queue closes): nothing more
+            // can be sent.
+            self.done = true;
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.done = true;
+        }
+    }
+}
+
+/// What one sender thread measured.
+#[derive(Debug, Default)]
+struct SenderStats {
+    latency_us: Histogram,
+    errors: BTreeMap<String, u64>,
+    samples: BTreeMap<String, String>,
+}
+
+impl SenderStats {
+    fn error(&mut self, shared: &Shared, kind: String, sample: impl FnOnce() -> String) {
+        shared.errors.fetch_add(1, Ordering::Relaxed);
+        if !self.samples.contains_key(&kind) {
+            self.samples.insert(kind.clone(), sample());
+        }
+        *self.errors.entry(kind).or_insert(0) += 1;
+    }
+
+    fn merge(&mut self, other: Self) {
+        self.latency_us.merge(&other.latency_us);
+        for (k, n) in other.errors {
+            *self.errors.entry(k).or_insert(0) += n;
+        }
+        for (k, s) in other.samples {
+            self.samples.entry(k).or_insert(s);
+        }
+    }
+}
+
+/// One sender thread: one agent, so one keep-alive connection.
+struct HttpSender {
+    agent: ureq::Agent,
+    url: String,
+    content_type: &'static str,
+    auth: Option<String>,
+    max_retries: u32,
+    shared: Arc<Shared>,
+}
+
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Bytes of an error response kept as its sample.
+const SAMPLE_LEN: usize = 300;
+
+impl HttpSender {
+    fn run(self, work: &Receiver<Batch>, recycle: &Sender<Batch>) -> SenderStats {
+        let mut stats = SenderStats::default();
+        while let Ok(mut batch) = work.recv() {
+            let sent_at = Instant::now();
+            if self.send(&batch.body, &mut stats) {
+                let from = batch.scheduled.unwrap_or(sent_at);
+                let us = u64::try_from(from.elapsed().as_micros()).unwrap_or(u64::MAX);
+                stats.latency_us.record(us);
+                self.shared
+                    .acked
+                    .fetch_add(batch.rows() as u64, Ordering::Relaxed);
+                self.shared
+                    .acks
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .mark(&batch);
+            }
+            batch.clear();
+            // The producer may be gone already; then the buffer is simply dropped.
+            let _ = recycle.send(batch);
+        }
+        stats
+    }
+
+    /// Sends one body until it is acknowledged, refused, or out of retries.
+    fn send(&self, body: &[u8], stats: &mut SenderStats) -> bool {
+        let mut backoff = Duration::from_millis(50);
+        let mut retries = 0;
+        loop {
+            self.shared.requests.fetch_add(1, Ordering::Relaxed);
+            let mut req = self
+                .agent
+                .post(&self.url)
+                .set("Content-Type", self.content_type);
+            if let Some(auth) = &self.auth {
+                req = req.set("Authorization", auth);
+            }
+            match req.send_bytes(body) {
+                Ok(resp) => {
+                    // Read to the end so that the connection goes back to the pool.
+                    let _ = io::copy(&mut resp.into_reader(), &mut io::sink());
+                    return true;
+                }
+                Err(ureq::Error::Status(status, resp)) => {
+                    let retry_after = resp
+                        .header("Retry-After")
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    let text = response_text(resp);
+                    stats.error(&self.shared, format!("http_{status}"), || text);
+                    if !matches!(status, 429 | 503) {
+                        return false;
+                    }
+                    if retries >= self.max_retries {
+                        stats.error(&self.shared, "retries_exhausted".to_owned(), || {
+                            format!("HTTP {status} after {retries} retries")
+                        });
+                        return false;
+                    }
+                    retries += 1;
+                    thread::sleep(retry_after.unwrap_or(backoff).min(MAX_RETRY_WAIT));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(ureq::Error::Transport(t)) => {
+                    let kind = match t.kind() {
+                        ureq::ErrorKind::ConnectionFailed => "connection_failed",
+                        ureq::ErrorKind::Dns => "dns",
+                        ureq::ErrorKind::Io => "io",
+                        _ => "transport",
+                    };
+                    stats.error(&self.shared, kind.to_owned(), || t.to_string());
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// The start of an error response's body (the whole body is read, to keep the
+/// connection usable).
+fn response_text(resp: ureq::Response) -> String {
+    let mut body = Vec::new();
+    let _ = resp.into_reader().take(1 << 20).read_to_end(&mut body);
+    let mut text = String::from_utf8_lossy(&body).into_owned();
+    if text.len() > SAMPLE_LEN {
+        let mut cut = SAMPLE_LEN;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+fn print_progress(shared: &Shared, t0: Instant, stop: &Receiver<()>) {
+    let mut last_acked = 0;
+    let mut last = t0;
+    loop {
+        match stop.recv_timeout(Duration::from_secs(1)) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let now = Instant::now();
+        let acked = shared.acked.load(Ordering::Relaxed);
+        let rate = (acked - last_acked) as f64 / (now - last).as_secs_f64();
+        eprintln!(
+            "loadgen {:>6.1} s  {:>10.0} rows/s  sent {:>12}  acked {:>12}  errors {}",
+            (now - t0).as_secs_f64(),
+            rate,
+            shared.sent.load(Ordering::Relaxed),
+            acked,
+            shared.errors.load(Ordering::Relaxed),
+        );
+        last_acked = acked;
+        last = now;
+    }
+}
+
+/// What the server says it holds, compared with what was acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Verified {
+    lost: u64,
+    duplicated: u64,
+    unacked_stored: u64,
+}
+
+fn verify(args: &LoadgenArgs, auth: Option<&str>, acks: &AckSet) -> Result<Verified, VerifyError> {
+    let acked = acks.per_plug();
+    if acks.min_ts > acks.max_ts {
+        // Nothing was acknowledged: nothing can be lost.
+        return Ok(Verified {
+            lost: 0,
+            duplicated: 0,
+            unacked_stored: 0,
+        });
+    }
+    let url = format!("{}/api/v1/query", args.url.trim_end_matches('/'));
+    let body = serde_json::json!({
+        "sql": verify_sql(acks.min_ts, acks.max_ts),
+        "format": "csv",
+    });
+    let mut req = agent(Duration::from_secs(600)).post(&url);
+    if let Some(auth) = auth {
+        req = req.set("Authorization", auth);
+    }
+    let csv = match req.send_json(body) {
+        Ok(resp) => resp.into_string().map_err(VerifyError::Read)?,
+        Err(ureq::Error::Status(status, resp)) => {
+            return Err(VerifyError::Status {
+                status,
+                body: response_text(resp),
+            });
+        }
+        Err(ureq::Error::Transport(t)) => return Err(VerifyError::Transport(Box::new(t))),
+    };
+    let stored = parse_counts(&csv, args.plugs)?;
+    let mut v = Verified {
+        lost: 0,
+        duplicated: 0,
+        unacked_stored: 0,
+    };
+    for (plug, &a) in acked.iter().enumerate() {
+        let (n, d) = stored.get(&(plug as u32)).copied().unwrap_or((0, 0));
+        v.lost += a.saturating_sub(d);
+        v.unacked_stored += d.saturating_sub(a);
+        v.duplicated += n.saturating_sub(d);
+    }
+    Ok(v)
+}
+
+/// `device_id,n,d` CSV with a header → plug index → (rows, distinct ts). Devices that
+/// are not this fleet's plugs are skipped.
+fn parse_counts(csv: &str, plugs: u32) -> Result<BTreeMap<u32, (u64, u64)>, VerifyError> {
+    let mut out = BTreeMap::new();
+    for (i, line) in csv.lines().enumerate().skip(1) {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            continue;
+        }
+        let bad = || VerifyError::Csv {
+            line: i + 1,
+            found: line.chars().take(200).collect(),
+        };
+        let mut fields = line.split(',');
+        let (Some(id), Some(n), Some(d), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return Err(bad());
+        };
+        let (Ok(n), Ok(d)) = (n.trim().parse::<u64>(), d.trim().parse::<u64>()) else {
+            return Err(bad());
+        };
+        let Some(plug) = id
+            .trim_matches('"')
+            .strip_prefix("plug-")
+            .and_then(|p| p.parse::<u32>().ok())
+            .filter(|&p| p < plugs)
+        else {
+            continue;
+        };
+        let e = out.entry(plug).or_insert((0, 0));
+        e.0 += n;
+        e.1 += d;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(rfc3339_ns(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339_ns(1_700_000_000_123_456_789),
+            "2023-11-14T22:13:20.123456789Z"
+        );
+        assert_eq!(
+            rfc3339_ns(951_782_400 * NS_PER_S),
+            "2000-02-29T00:00:00.000000000Z"
+        );
+    }
+
+    #[test]
+    fn counts_csv() {
+        let csv = "device_id,n,d\nplug-000001,10,9\nplug-000000,5,5\nother,1,1\nplug-999999,1,1\n";
+        let got = parse_counts(csv, 2).unwrap_or_default();
+        assert_eq!(got.get(&0), Some(&(5, 5)));
+        assert_eq!(got.get(&1), Some(&(10, 9)));
+        assert_eq!(got.len(), 2);
+        assert!(matches!(
+            parse_counts("h\nplug-000001,x,1\n", 2),
+            Err(VerifyError::Csv { line: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn ack_set_counts_distinct() {
+        let mut acks = AckSet::new(70);
+        let mut b = Batch::with_capacity(4, Protocol::Lp);
+        b.keys = vec![(3 << 32) | 69, 65, (3 << 32) | 69, 0];
+        b.min_ts = 5;
+        b.max_ts = 9;
+        acks.mark(&b);
+        assert_eq!(acks.distinct(), 3);
+        let per = acks.per_plug();
+        assert_eq!((per[0], per[65], per[69]), (1, 1, 1));
+        assert_eq!((acks.min_ts, acks.max_ts), (5, 9));
+    }
+
+    #[test]
+    fn invalid_args() {
+        let args = LoadgenArgs {
+            plugs: 0,
+            ..LoadgenArgs::default()
+        };
+        assert!(matches!(
+            run(args),
+            Err(LoadgenError::InvalidArgs { field: "plugs", .. })
+        ));
+        let args = LoadgenArgs {
+            max: true,
+            rate: Some(5),
+            ..LoadgenArgs::default()
+        };
+        assert!(matches!(
+            run(args),
+            Err(LoadgenError::InvalidArgs { field: "rate", .. })
+        ));
+    }
+}
