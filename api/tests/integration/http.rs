@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::support::{Server, lp_line};
+use crate::support::{Server, lp_line, serve_once};
 
 const T0: i64 = 1_700_000_000_000_000_000;
 
@@ -240,17 +240,7 @@ fn data_survives_a_clean_restart_and_duplicates_resolve_to_the_last_write() {
     let rows = server.sql("SELECT power FROM readings");
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["power"], 2.0);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wattdb"))
-        .args([
-            "serve",
-            "--without-auth",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
+    let out = serve_once(&data);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another WattDB process"));
 }
@@ -286,18 +276,8 @@ fn wal_check_and_repair_commands() {
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes[32 + 30] ^= 0x55;
     std::fs::write(&seg, &bytes).unwrap();
+    let out = serve_once(&data);
     let wattdb = env!("CARGO_BIN_EXE_wattdb");
-    let out = std::process::Command::new(wattdb)
-        .args([
-            "serve",
-            "--without-auth",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("corrupt at offset 32"), "{stderr}");

@@ -34,13 +34,7 @@ impl Server {
             .open(self.data_dir.with_extension("log"))
             .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_wattdb"))
-            .args([
-                "serve",
-                "--without-auth",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+            .args(serve_args())
             .arg(&self.data_dir)
             .args(&self.extra)
             .stdout(Stdio::piped())
@@ -126,6 +120,25 @@ impl Server {
     pub fn get(&self, path: &str) -> (u16, String) {
         response(agent().get(&format!("{}{path}", self.url)).call())
     }
+}
+
+/// Runs `wattdb serve` on `data` and returns its output, for starts that must fail.
+pub fn serve_once(data: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_wattdb"))
+        .args(serve_args())
+        .arg(data)
+        .output()
+        .unwrap()
+}
+
+fn serve_args() -> [&'static str; 5] {
+    [
+        "serve",
+        "--without-auth",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--data-dir",
+    ]
 }
 
 impl Drop for Server {
