@@ -1,9 +1,11 @@
 //! The in-memory buffer: every acknowledged reading not yet persisted, as Arrow record
 //! batches that queries read directly, plus the latest-value-per-plug map.
 //!
-//! Duplicates of `(device_id, ts)` resolve to the last write: an index from plug and
-//! time to the reading's global row number finds the earlier copy, whose row number goes
-//! into a deletion set that snapshots filter out. Small record batches at the tail are
+//! Duplicates of `(device_id, ts)` resolve to the last write: each plug keeps its
+//! reading times in order with their global row numbers, so the earlier copy is found by
+//! a binary search (or not at all, in the common case of a reading newer than every
+//! other of its plug), and its row number goes into a deletion set that snapshots
+//! filter out. Small record batches at the tail are
 //! merged so that a stream of tiny writes does not become millions of tiny batches.
 
 use std::collections::BTreeSet;
@@ -36,6 +38,34 @@ pub struct LatestReading {
     pub first_ts: i64,
 }
 
+/// One plug's reading times in ascending order, each with the global row number of
+/// its live copy.
+#[derive(Debug, Default)]
+struct PlugRows {
+    ts: Vec<i64>,
+    rows: Vec<u64>,
+}
+
+impl PlugRows {
+    /// Records `row` as the copy of `ts`; returns the row it replaces, if any.
+    fn insert(&mut self, ts: i64, row: u64) -> Option<u64> {
+        if self.ts.last().is_none_or(|&last| last < ts) {
+            // In order: the common case, no search.
+            self.ts.push(ts);
+            self.rows.push(row);
+            return None;
+        }
+        match self.ts.binary_search(&ts) {
+            Ok(i) => Some(std::mem::replace(&mut self.rows[i], row)),
+            Err(i) => {
+                self.ts.insert(i, ts);
+                self.rows.insert(i, row);
+                None
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Chunk {
     /// Global row number of the first row.
@@ -50,8 +80,8 @@ struct Chunk {
 pub struct Buffer {
     chunks: Vec<Chunk>,
     next_row: u64,
-    /// (plug, ts) → global row number of the live copy.
-    index: HashMap<(u32, i64), u64, foldhash::fast::FixedState>,
+    /// Per plug (by dense key): reading times, sorted, and their live row numbers.
+    times: Vec<PlugRows>,
     /// Plug id → dense key.
     devices: HashMap<Arc<str>, u32, foldhash::fast::FixedState>,
     latest: Vec<LatestReading>,
@@ -70,7 +100,7 @@ impl Buffer {
         Self {
             chunks: Vec::new(),
             next_row: 0,
-            index: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0x5eed)),
+            times: Vec::new(),
             devices: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0x5eed)),
             latest: Vec::new(),
             deleted: BTreeSet::new(),
@@ -94,7 +124,7 @@ impl Buffer {
                 min_ts = min_ts.min(r.ts);
                 max_ts = max_ts.max(r.ts);
                 let key = self.device_key(r.device_id);
-                if let Some(old) = self.index.insert((key, r.ts), row) {
+                if let Some(old) = self.times[key as usize].insert(r.ts, row) {
                     self.deleted.insert(old);
                 }
                 let latest = &mut self.latest[key as usize];
@@ -121,7 +151,8 @@ impl Buffer {
             }
         }
         let batch = to_record_batch(parts);
-        self.bytes += batch.get_array_memory_size() + rows * 40;
+        // Arrow arrays plus the per-plug time index (16 bytes a reading).
+        self.bytes += batch.get_array_memory_size() + rows * 16;
         self.next_row = row;
         self.chunks.push(Chunk {
             first_row,
@@ -137,6 +168,7 @@ impl Buffer {
             return k;
         }
         let k = self.latest.len() as u32;
+        self.times.push(PlugRows::default());
         let id: Arc<str> = id.into();
         self.devices.insert(Arc::clone(&id), k);
         self.latest.push(LatestReading {
@@ -290,6 +322,29 @@ mod tests {
         let r = rows(&buf.snapshot(None, None));
         assert_eq!(r.len(), 1000);
         assert_eq!(r[500], ("p".into(), 500, -1.0));
+    }
+
+    #[test]
+    fn late_and_out_of_order_duplicates_are_found() {
+        let mut buf = Buffer::new();
+        for ts in [10, 30, 20, 5, 40] {
+            buf.insert(&[&one("a", ts, ts as f64)]);
+        }
+        // Rewrites of an old, a middle and the newest time.
+        for ts in [5, 20, 40] {
+            buf.insert(&[&one("a", ts, -(ts as f64))]);
+        }
+        assert_eq!(
+            rows(&buf.snapshot(None, None)),
+            vec![
+                ("a".into(), 5, -5.0),
+                ("a".into(), 10, 10.0),
+                ("a".into(), 20, -20.0),
+                ("a".into(), 30, 30.0),
+                ("a".into(), 40, -40.0),
+            ]
+        );
+        assert_eq!(buf.rows(), 5);
     }
 
     #[test]
