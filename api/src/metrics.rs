@@ -127,14 +127,18 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         "counter",
         "Batches committed to the WAL.",
     );
-    let _ = writeln!(out, "wattdb_wal_batches_total {}", load(&e.batches));
+    let _ = writeln!(
+        out,
+        "wattdb_wal_batches_total {}",
+        e.write_to_queryable.count()
+    );
     metric(
         &mut out,
         "wattdb_wal_fsyncs_total",
         "counter",
         "WAL group commits (one write and fdatasync each).",
     );
-    let _ = writeln!(out, "wattdb_wal_fsyncs_total {}", load(&e.fsyncs));
+    let _ = writeln!(out, "wattdb_wal_fsyncs_total {}", e.fsync_latency.count());
     metric(
         &mut out,
         "wattdb_wal_fsync_seconds",

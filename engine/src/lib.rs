@@ -99,17 +99,12 @@ pub struct WriteReceipt {
 /// Counters the engine keeps (exported as metrics by the API).
 #[derive(Debug, Default)]
 pub struct EngineStats {
-    /// Readings acknowledged (durable and queryable).
-    pub rows: AtomicU64,
-    pub batches: AtomicU64,
-    pub fsyncs: AtomicU64,
-    pub fsync_nanos: AtomicU64,
-    pub refused_queue_full: AtomicU64,
-    pub refused_buffer_full: AtomicU64,
     pub replayed_rows: AtomicU64,
-    /// Duration of each WAL write + fdatasync.
+    /// Duration of each WAL group commit (write + fdatasync); its count is the number
+    /// of fsyncs.
     pub fsync_latency: histogram::Histogram,
-    /// From a batch entering the queue to it being queryable (just before its ack).
+    /// From a batch entering the queue to it being queryable (just before its ack); its
+    /// count is the number of batches committed.
     pub write_to_queryable: histogram::Histogram,
 }
 
@@ -277,10 +272,6 @@ impl Engine {
         let bytes = shared.buffer.read().bytes();
         let limit = self.inner.config.max_buffer_bytes;
         if bytes >= limit {
-            shared
-                .stats
-                .refused_buffer_full
-                .fetch_add(1, Ordering::Relaxed);
             return Err(Error::BufferFull { bytes, limit });
         }
         let msg = writer::Msg::Write {
@@ -290,15 +281,9 @@ impl Engine {
         };
         match self.inner.tx.try_send(msg) {
             Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => {
-                shared
-                    .stats
-                    .refused_queue_full
-                    .fetch_add(1, Ordering::Relaxed);
-                Err(Error::QueueFull {
-                    capacity: self.inner.config.queue_capacity,
-                })
-            }
+            Err(TrySendError::Full(_)) => Err(Error::QueueFull {
+                capacity: self.inner.config.queue_capacity,
+            }),
             Err(TrySendError::Disconnected(_)) => Err(Error::ShuttingDown),
         }
     }
