@@ -66,9 +66,14 @@ impl ApiError {
                 E::QueueFull { .. } | E::BufferFull { .. } | E::ShuttingDown | E::Poisoned => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
-                E::Wal(_) | E::DataDir { .. } | E::Locked { .. } | E::Thread(_) => {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
+                // The object store is unreachable or failing: try again later.
+                E::Persist(_) | E::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+                E::Wal(_)
+                | E::DataDir { .. }
+                | E::Locked { .. }
+                | E::Thread(_)
+                | E::Manifest(_)
+                | E::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::Query(q) => match q {
                 Q::Sql(_) | Q::NotOneStatement(_) | Q::NotReadOnly | Q::Plan(_) => {

@@ -9,6 +9,7 @@
 //! [`serve`] takes a bound listener and a shutdown future, so tests run servers on
 //! port 0 and stop them when they are done.
 
+mod admin;
 pub mod error;
 pub mod metrics;
 mod query;
@@ -70,6 +71,7 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
         .route("/write", post(write::line_protocol))
         .route("/api/v1/readings", post(write::json_readings))
         .route("/api/v1/query", post(query::query))
+        .route("/api/v1/admin/persist", post(admin::persist))
         .route("/health", get(health))
         .route("/metrics", get(metrics::metrics))
         .fallback(not_found)

@@ -194,6 +194,72 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     let _ = writeln!(out, "wattdb_buffer_bytes {bytes}");
     metric(
         &mut out,
+        "wattdb_persisting_bytes",
+        "gauge",
+        "Memory held by readings being persisted (frozen out of the buffer).",
+    );
+    let _ = writeln!(out, "wattdb_persisting_bytes {}", app.engine.frozen_bytes());
+    for (name, help, v) in [
+        (
+            "wattdb_persisted_readings_total",
+            "Readings written to Parquet files and committed to the manifest.",
+            &e.persisted_rows,
+        ),
+        (
+            "wattdb_persisted_files_total",
+            "Parquet files written and committed.",
+            &e.persisted_files,
+        ),
+        (
+            "wattdb_persisted_bytes_total",
+            "Bytes of Parquet files written and committed.",
+            &e.persisted_bytes,
+        ),
+        (
+            "wattdb_persist_errors_total",
+            "Persist cycles that failed (object store errors and timeouts included); the readings stay in the WAL and are retried.",
+            &e.persist_errors,
+        ),
+    ] {
+        metric(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", load(v));
+    }
+    metric(
+        &mut out,
+        "wattdb_persist_seconds",
+        "histogram",
+        "Duration of a persist cycle (sort, encode, upload, manifest commit).",
+    );
+    e.persist_duration
+        .render(&mut out, "wattdb_persist_seconds", "");
+    let last = e.last_persisted_ts.load(Ordering::Relaxed);
+    if last != i64::MIN {
+        metric(
+            &mut out,
+            "wattdb_persist_lag_seconds",
+            "gauge",
+            "Now minus the newest reading time persisted to Parquet.",
+        );
+        let lag = (crate::now_ns() - last) as f64 / 1e9;
+        let _ = writeln!(out, "wattdb_persist_lag_seconds {lag:.3}");
+    }
+    let manifest = app.engine.manifest();
+    metric(
+        &mut out,
+        "wattdb_store_files",
+        "gauge",
+        "Live Parquet files in the manifest.",
+    );
+    let _ = writeln!(out, "wattdb_store_files {}", manifest.files.len());
+    metric(
+        &mut out,
+        "wattdb_store_bytes",
+        "gauge",
+        "Bytes of live Parquet files in the manifest.",
+    );
+    let _ = writeln!(out, "wattdb_store_bytes {}", manifest.bytes());
+    metric(
+        &mut out,
         "wattdb_queries_total",
         "counter",
         "SQL queries, by outcome.",

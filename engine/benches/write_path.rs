@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use wattdb_engine::{Buffer, Engine, EngineConfig, ReadingBatch, ReadingRef};
+use wattdb_engine::{Buffer, Engine, EngineConfig, ReadingBatch, ReadingRef, WalPosition};
 
 fn readings(rows: usize, offset: usize) -> ReadingBatch {
     let mut b = ReadingBatch::with_capacity(rows);
@@ -45,7 +45,7 @@ fn bench_buffer(c: &mut Criterion) {
             let mut buffer = Buffer::new();
             let start = Instant::now();
             for batch in &batches {
-                buffer.insert(&[batch]);
+                buffer.insert(&[batch], 0, WalPosition { segment: 0, seq: 0 });
             }
             start.elapsed()
         })

@@ -73,6 +73,30 @@ struct Chunk {
     batch: RecordBatch,
     min_ts: i64,
     max_ts: i64,
+    /// Oldest WAL segment holding one of its rows.
+    min_segment: u64,
+}
+
+/// Where the rows of a buffer came from in the WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalPosition {
+    pub segment: u64,
+    pub seq: u64,
+}
+
+/// Rows taken out of the buffer to be persisted: duplicates resolved, still queryable
+/// until the manifest that lists their files is committed.
+#[derive(Debug)]
+pub struct Frozen {
+    pub batches: Vec<RecordBatch>,
+    pub rows: u64,
+    pub bytes: usize,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    /// Oldest WAL segment holding one of the rows.
+    pub min_segment: u64,
+    /// Every WAL record up to this sequence number is in these rows (or older files).
+    pub max_seq: u64,
 }
 
 /// The readings held in memory. Not synchronised: the engine wraps it in a lock.
@@ -87,6 +111,10 @@ pub struct Buffer {
     latest: Vec<LatestReading>,
     deleted: BTreeSet<u64>,
     bytes: usize,
+    /// WAL position of the last record inserted.
+    applied: Option<WalPosition>,
+    /// Row numbers below this were frozen out.
+    row_base: u64,
 }
 
 impl Default for Buffer {
@@ -105,11 +133,15 @@ impl Buffer {
             latest: Vec::new(),
             deleted: BTreeSet::new(),
             bytes: 0,
+            applied: None,
+            row_base: 0,
         }
     }
 
-    /// Adds readings (in write order) as one record batch.
-    pub fn insert(&mut self, parts: &[&ReadingBatch]) {
+    /// Adds readings (in write order) as one record batch. `wal` gives the WAL records
+    /// they came from: the oldest segment and the newest position.
+    pub fn insert(&mut self, parts: &[&ReadingBatch], min_segment: u64, last: WalPosition) {
+        self.applied = Some(last);
         let rows: usize = parts.iter().map(|b| b.len()).sum();
         if rows == 0 {
             return;
@@ -159,6 +191,7 @@ impl Buffer {
             batch,
             min_ts,
             max_ts,
+            min_segment,
         });
         self.merge_small_tail();
     }
@@ -205,6 +238,7 @@ impl Buffer {
                 batch,
                 min_ts: tail.iter().map(|c| c.min_ts).min().unwrap_or(i64::MAX),
                 max_ts: tail.iter().map(|c| c.max_ts).max().unwrap_or(i64::MIN),
+                min_segment: tail.iter().map(|c| c.min_segment).min().unwrap_or(0),
             }),
             Err(error) => {
                 tracing::warn!(%error, "could not merge buffer batches; keeping them apart");
@@ -241,6 +275,64 @@ impl Buffer {
         out
     }
 
+    /// Takes every row out for persistence (keeping the latest value of each plug), or
+    /// `None` when the buffer holds no rows.
+    pub fn freeze(&mut self) -> Option<Frozen> {
+        if self.chunks.is_empty() {
+            return None;
+        }
+        let batches = self.snapshot(None, None);
+        let frozen = Frozen {
+            rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+            bytes: self.bytes,
+            min_ts: self
+                .chunks
+                .iter()
+                .map(|c| c.min_ts)
+                .min()
+                .unwrap_or(i64::MAX),
+            max_ts: self
+                .chunks
+                .iter()
+                .map(|c| c.max_ts)
+                .max()
+                .unwrap_or(i64::MIN),
+            min_segment: self.chunks.iter().map(|c| c.min_segment).min().unwrap_or(0),
+            max_seq: self.applied.map_or(0, |p| p.seq),
+            batches,
+        };
+        self.chunks.clear();
+        self.deleted.clear();
+        self.row_base = self.next_row;
+        for t in &mut self.times {
+            *t = PlugRows::default();
+        }
+        self.bytes = 0;
+        Some(frozen)
+    }
+
+    /// Oldest WAL segment that rows in the buffer, or records not yet inserted, may
+    /// come from: segments before it hold nothing the buffer still needs.
+    pub fn min_segment(&self) -> Option<u64> {
+        let chunks = self.chunks.iter().map(|c| c.min_segment).min();
+        match (chunks, self.applied) {
+            (Some(c), Some(a)) => Some(c.min(a.segment)),
+            (c, a) => c.or(a.map(|a| a.segment)),
+        }
+    }
+
+    /// WAL position of the last record inserted.
+    pub fn applied(&self) -> Option<WalPosition> {
+        self.applied
+    }
+
+    /// Time range of the rows held (`None` when empty).
+    pub fn time_range(&self) -> Option<(i64, i64)> {
+        let lo = self.chunks.iter().map(|c| c.min_ts).min()?;
+        let hi = self.chunks.iter().map(|c| c.max_ts).max()?;
+        Some((lo, hi))
+    }
+
     /// Latest reading of every plug, in no particular order.
     pub fn latest(&self) -> &[LatestReading] {
         &self.latest
@@ -248,7 +340,7 @@ impl Buffer {
 
     /// Live rows (after duplicate removal).
     pub fn rows(&self) -> u64 {
-        self.next_row - self.deleted.len() as u64
+        self.next_row - self.row_base - self.deleted.len() as u64
     }
 
     /// Approximate memory held.
@@ -284,6 +376,12 @@ mod tests {
         b
     }
 
+    impl Buffer {
+        fn insert_test(&mut self, parts: &[&ReadingBatch]) {
+            self.insert(parts, 0, WalPosition { segment: 0, seq: 0 });
+        }
+    }
+
     fn rows(batches: &[RecordBatch]) -> Vec<(String, i64, f64)> {
         let mut out = Vec::new();
         for b in batches {
@@ -301,9 +399,9 @@ mod tests {
     #[test]
     fn last_write_wins_across_and_within_batches() {
         let mut buf = Buffer::new();
-        buf.insert(&[&one("a", 1, 10.0), &one("b", 1, 20.0)]);
-        buf.insert(&[&one("a", 1, 11.0)]);
-        buf.insert(&[&one("b", 1, 21.0), &one("b", 1, 22.0)]);
+        buf.insert_test(&[&one("a", 1, 10.0), &one("b", 1, 20.0)]);
+        buf.insert_test(&[&one("a", 1, 11.0)]);
+        buf.insert_test(&[&one("b", 1, 21.0), &one("b", 1, 22.0)]);
         assert_eq!(
             rows(&buf.snapshot(None, None)),
             vec![("a".into(), 1, 11.0), ("b".into(), 1, 22.0)]
@@ -315,10 +413,10 @@ mod tests {
     fn many_small_inserts_are_merged_and_stay_correct() {
         let mut buf = Buffer::new();
         for i in 0..1000 {
-            buf.insert(&[&one("p", i, i as f64)]);
+            buf.insert_test(&[&one("p", i, i as f64)]);
         }
         assert!(buf.batches() < 100, "{} batches", buf.batches());
-        buf.insert(&[&one("p", 500, -1.0)]);
+        buf.insert_test(&[&one("p", 500, -1.0)]);
         let r = rows(&buf.snapshot(None, None));
         assert_eq!(r.len(), 1000);
         assert_eq!(r[500], ("p".into(), 500, -1.0));
@@ -328,11 +426,11 @@ mod tests {
     fn late_and_out_of_order_duplicates_are_found() {
         let mut buf = Buffer::new();
         for ts in [10, 30, 20, 5, 40] {
-            buf.insert(&[&one("a", ts, ts as f64)]);
+            buf.insert_test(&[&one("a", ts, ts as f64)]);
         }
         // Rewrites of an old, a middle and the newest time.
         for ts in [5, 20, 40] {
-            buf.insert(&[&one("a", ts, -(ts as f64))]);
+            buf.insert_test(&[&one("a", ts, -(ts as f64))]);
         }
         assert_eq!(
             rows(&buf.snapshot(None, None)),
@@ -350,8 +448,8 @@ mod tests {
     #[test]
     fn latest_keeps_newest_time_not_newest_write() {
         let mut buf = Buffer::new();
-        buf.insert(&[&one("a", 10, 1.0)]);
-        buf.insert(&[&one("a", 5, 2.0)]);
+        buf.insert_test(&[&one("a", 10, 1.0)]);
+        buf.insert_test(&[&one("a", 5, 2.0)]);
         let l = &buf.latest()[0];
         assert_eq!((l.ts, l.power, l.first_ts), (10, 1.0, 5));
         assert_eq!(l.location.as_deref(), Some("lab"));
@@ -360,11 +458,11 @@ mod tests {
     #[test]
     fn snapshot_prunes_by_time_and_nulls_absent_tags() {
         let mut buf = Buffer::new();
-        buf.insert(&[&one("a", 10, 1.0)]);
+        buf.insert_test(&[&one("a", 10, 1.0)]);
         let mut no_tag = one("b", 100, 2.0);
         no_tag.location = Default::default();
         no_tag.location.push("");
-        buf.insert(&[&no_tag]);
+        buf.insert_test(&[&no_tag]);
         assert_eq!(buf.snapshot(Some(50), None).len(), 1);
         assert_eq!(buf.snapshot(None, Some(5)).len(), 0);
         let b = &buf.snapshot(Some(100), Some(100))[0];

@@ -26,8 +26,16 @@ pub enum Error {
     },
     #[error("data directory is in use by another WattDB process (lock {path} is held)")]
     Locked { path: PathBuf },
-    #[error("cannot start the WAL writer thread")]
+    #[error("cannot start an engine thread")]
     Thread(#[source] std::io::Error),
+    #[error("manifest")]
+    Manifest(#[from] wattdb_storage::manifest::ManifestError),
+    #[error("object store")]
+    Store(#[from] wattdb_storage::StoreError),
+    #[error("encoding a Parquet file")]
+    Encode(#[from] wattdb_storage::files::EncodeError),
+    #[error("persistence failed: {0}")]
+    Persist(String),
 }
 
 impl Error {

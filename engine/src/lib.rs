@@ -33,12 +33,13 @@
 pub mod buffer;
 mod error;
 pub mod histogram;
+pub mod persist;
 pub mod schema;
 mod writer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -50,10 +51,13 @@ use tracing::info;
 pub use wattdb_storage::wal::FaultInjector;
 use wattdb_storage::wal::{self, WalConfig};
 
-pub use buffer::{Buffer, LatestReading};
+pub use buffer::{Buffer, Frozen, LatestReading, WalPosition};
 pub use error::{Error, Result};
+pub use persist::{PersistReport, View};
 pub use schema::readings_schema;
-pub use wattdb_storage::{ReadingBatch, ReadingRef, validate_device_id};
+pub use wattdb_storage::{
+    FileMeta, Manifest, ReadingBatch, ReadingRef, Store, StoreConfig, Tier, validate_device_id,
+};
 
 /// Settings of an [`Engine`]. `Default` gives the embedded defaults.
 #[derive(Debug, Clone)]
@@ -72,6 +76,14 @@ pub struct EngineConfig {
     pub max_buffer_bytes: usize,
     /// Failures to inject into WAL writes (tests of what follows a disk error).
     pub wal_faults: Option<FaultInjector>,
+    /// Where Parquet files and the manifest go; `None` = local disk, in `data_dir`.
+    pub store: Option<Store>,
+    /// The buffer is persisted at least this often.
+    pub persist_interval: Duration,
+    /// ... and as soon as it holds this much memory.
+    pub persist_bytes: usize,
+    /// Failures to inject into persistence (tests).
+    pub persist_faults: Option<PersistFaults>,
 }
 
 impl Default for EngineConfig {
@@ -84,7 +96,49 @@ impl Default for EngineConfig {
             queue_capacity: 4096,
             max_buffer_bytes: 4 << 30,
             wal_faults: None,
+            store: None,
+            persist_interval: Duration::from_secs(60),
+            persist_bytes: 512 << 20,
+            persist_faults: None,
         }
+    }
+}
+
+/// Makes the next uploads or manifest commits of persistence fail, as an unreachable
+/// object store would (tests).
+#[derive(Debug, Clone, Default)]
+pub struct PersistFaults {
+    uploads: Arc<AtomicU32>,
+    commits: Arc<AtomicU32>,
+}
+
+impl PersistFaults {
+    pub fn fail_next_uploads(&self, n: u32) {
+        self.uploads.store(n, Ordering::SeqCst);
+    }
+
+    pub fn fail_next_commits(&self, n: u32) {
+        self.commits.store(n, Ordering::SeqCst);
+    }
+
+    fn take(counter: &AtomicU32) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    pub(crate) fn check_upload(&self) -> Result<()> {
+        if Self::take(&self.uploads) {
+            return Err(Error::Persist("injected upload failure".into()));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_commit(&self) -> Result<()> {
+        if Self::take(&self.commits) {
+            return Err(Error::Persist("injected manifest commit failure".into()));
+        }
+        Ok(())
     }
 }
 
@@ -106,19 +160,44 @@ pub struct EngineStats {
     /// From a batch entering the queue to it being queryable (just before its ack); its
     /// count is the number of batches committed.
     pub write_to_queryable: histogram::Histogram,
+    pub persisted_rows: AtomicU64,
+    pub persisted_files: AtomicU64,
+    pub persisted_bytes: AtomicU64,
+    pub persist_errors: AtomicU64,
+    /// Duration of each persist cycle.
+    pub persist_duration: histogram::Histogram,
+    /// Newest reading time persisted so far (ns; `i64::MIN` before the first).
+    pub last_persisted_ts: AtomicI64,
 }
 
 pub(crate) struct Shared {
     pub buffer: RwLock<Buffer>,
+    /// Files and rows being persisted. Lock order: `buffer` before `view`.
+    pub view: RwLock<View>,
+    /// Memory held by the frozen rows of `view`.
+    pub frozen_bytes: AtomicUsize,
     pub poisoned: AtomicBool,
     pub stats: EngineStats,
 }
 
+/// What a query reads: a consistent cut of buffer, rows being persisted and files.
+#[derive(Debug, Clone)]
+pub struct ReadView {
+    /// Buffer rows whose time may fall in the range asked for.
+    pub buffer: Vec<RecordBatch>,
+    /// Time range of every buffer row (`None` when empty).
+    pub buffer_range: Option<(i64, i64)>,
+    pub frozen: Option<Arc<Frozen>>,
+    pub manifest: Arc<Manifest>,
+}
+
 struct Inner {
     tx: Sender<writer::Msg>,
+    persist_tx: Sender<persist::Msg>,
+    store: Store,
     shared: Arc<Shared>,
     config: EngineConfig,
-    /// The WAL thread, then the apply thread (joined in that order).
+    /// The WAL thread, the apply thread, the persist thread (joined in that order).
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Held for the engine's lifetime: one process per data directory.
     _lock: std::fs::File,
@@ -127,6 +206,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         let _ = self.tx.send(writer::Msg::Shutdown);
+        let _ = self.persist_tx.send(persist::Msg::Shutdown);
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
@@ -180,29 +260,71 @@ impl Engine {
             source,
         })?;
         let lock = lock_data_dir(&config.data_dir)?;
+        let store = match &config.store {
+            Some(s) => s.clone(),
+            None => Store::open(&StoreConfig::Local(config.data_dir.clone()))?,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::Thread)?;
+        // On a thread of its own: the caller may itself be inside an async runtime.
+        let manifest = std::thread::scope(|s| {
+            s.spawn(|| runtime.block_on(persist::recover(&store)))
+                .join()
+                .unwrap_or_else(|_| Err(Error::Persist("manifest recovery panicked".into())))
+        })?;
+        let persisted_seq = manifest.persisted_seq;
+        info!(
+            store = store.description(),
+            manifest = manifest.version,
+            files = manifest.files.len(),
+            rows = manifest.rows(),
+            "loaded the manifest"
+        );
         let start = Instant::now();
         let mut buffer = Buffer::new();
         let mut pending: Vec<ReadingBatch> = Vec::new();
         let mut pending_rows = 0;
+        let mut pending_segment: Option<u64> = None;
+        let mut skipped = 0u64;
         let wal_config = WalConfig {
             dir: config.data_dir.join("wal"),
             segment_size: config.wal_segment_size,
             faults: config.wal_faults.clone(),
+            min_next_seq: persisted_seq.map_or(0, |s| s + 1),
         };
+        let mut last = None;
         let (wal, recovered) = wal::open(&wal_config, |r| {
+            let pos = WalPosition {
+                segment: r.segment,
+                seq: r.seq,
+            };
+            last = Some(pos);
+            if persisted_seq.is_some_and(|p| r.seq <= p) {
+                // Already in the files of the manifest.
+                skipped += r.batch.len() as u64;
+                return;
+            }
+            pending_segment.get_or_insert(r.segment);
             pending_rows += r.batch.len();
             pending.push(r.batch);
             if pending_rows >= REPLAY_CHUNK_ROWS {
-                buffer.insert(&pending.iter().collect::<Vec<_>>());
+                let min_segment = pending_segment.take().unwrap_or(r.segment);
+                buffer.insert(&pending.iter().collect::<Vec<_>>(), min_segment, pos);
                 pending.clear();
                 pending_rows = 0;
             }
         })?;
-        buffer.insert(&pending.iter().collect::<Vec<_>>());
+        if let Some(pos) = last {
+            let min_segment = pending_segment.unwrap_or(pos.segment);
+            buffer.insert(&pending.iter().collect::<Vec<_>>(), min_segment, pos);
+        }
         drop(pending);
         let elapsed = start.elapsed();
         info!(
-            rows = recovered.rows,
+            rows = recovered.rows - skipped,
+            already_persisted = skipped,
             records = recovered.records,
             segments = recovered.segments,
             ms = elapsed.as_millis() as u64,
@@ -211,13 +333,21 @@ impl Engine {
         );
         let shared = Arc::new(Shared {
             buffer: RwLock::new(buffer),
+            view: RwLock::new(View {
+                manifest: Arc::new(manifest),
+                frozen: None,
+            }),
+            frozen_bytes: AtomicUsize::new(0),
             poisoned: AtomicBool::new(false),
-            stats: EngineStats::default(),
+            stats: EngineStats {
+                last_persisted_ts: AtomicI64::new(i64::MIN),
+                ..Default::default()
+            },
         });
         shared
             .stats
             .replayed_rows
-            .store(recovered.rows, Ordering::Relaxed);
+            .store(recovered.rows - skipped, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity);
         let (apply_tx, apply_rx) = crossbeam_channel::bounded(APPLY_QUEUE_GROUPS);
         let apply_shared = Arc::clone(&shared);
@@ -237,12 +367,29 @@ impl Engine {
             .name("wattdb-wal".into())
             .spawn(move || writer::run_wal(args))
             .map_err(Error::Thread)?;
+        let (persist_tx, persist_rx) = crossbeam_channel::unbounded();
+        let persister = persist::PersisterArgs {
+            rx: persist_rx,
+            shared: Arc::clone(&shared),
+            store: store.clone(),
+            wal_dir: wal_config.dir.clone(),
+            interval: config.persist_interval,
+            persist_bytes: config.persist_bytes,
+            faults: config.persist_faults.clone(),
+            runtime,
+        };
+        let persist_thread = std::thread::Builder::new()
+            .name("wattdb-persist".into())
+            .spawn(move || persist::run(persister))
+            .map_err(Error::Thread)?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 tx,
+                persist_tx,
+                store,
                 shared,
                 config,
-                threads: Mutex::new(vec![wal_thread, apply]),
+                threads: Mutex::new(vec![wal_thread, apply, persist_thread]),
                 _lock: lock,
             }),
         })
@@ -269,7 +416,7 @@ impl Engine {
             let _ = ack.send(Ok(WriteReceipt { seq: 0, rows: 0 }));
             return Ok(rx);
         }
-        let bytes = shared.buffer.read().bytes();
+        let bytes = shared.buffer.read().bytes() + shared.frozen_bytes.load(Ordering::Relaxed);
         let limit = self.inner.config.max_buffer_bytes;
         if bytes >= limit {
             return Err(Error::BufferFull { bytes, limit });
@@ -292,6 +439,46 @@ impl Engine {
     /// `None` = unbounded). Record batches are shared, not copied.
     pub fn snapshot(&self, from: Option<i64>, to: Option<i64>) -> Vec<RecordBatch> {
         self.inner.shared.buffer.read().snapshot(from, to)
+    }
+
+    /// What a query over `[from, to]` reads: buffer rows, rows being persisted and the
+    /// committed files, all as of one instant.
+    pub fn read_view(&self, from: Option<i64>, to: Option<i64>) -> ReadView {
+        let shared = &self.inner.shared;
+        let buffer = shared.buffer.read();
+        let view = shared.view.read();
+        ReadView {
+            buffer: buffer.snapshot(from, to),
+            buffer_range: buffer.time_range(),
+            frozen: view.frozen.clone(),
+            manifest: Arc::clone(&view.manifest),
+        }
+    }
+
+    /// The object store holding the Parquet files.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Persists everything buffered now; returns once the manifest listing it is
+    /// committed (or the attempt failed).
+    pub async fn persist(&self) -> Result<PersistReport> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .persist_tx
+            .send(persist::Msg::Now(reply))
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// Memory held by rows being persisted.
+    pub fn frozen_bytes(&self) -> usize {
+        self.inner.shared.frozen_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The manifest version queries currently read.
+    pub fn manifest(&self) -> Arc<Manifest> {
+        Arc::clone(&self.inner.shared.view.read().manifest)
     }
 
     /// The latest reading of every plug whose id starts with `prefix` (all when empty).
@@ -331,6 +518,7 @@ impl Engine {
     /// the WAL writer to finish. Later writes get [`Error::ShuttingDown`].
     pub fn shutdown(&self) {
         let _ = self.inner.tx.send(writer::Msg::Shutdown);
+        let _ = self.inner.persist_tx.send(persist::Msg::Shutdown);
         for t in self.inner.threads.lock().drain(..) {
             let _ = t.join();
         }

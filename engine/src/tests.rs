@@ -174,3 +174,110 @@ async fn an_fsync_failure_poisons_the_engine_and_nothing_more_is_acknowledged() 
     drop(engine);
     assert_eq!(total_rows(&Engine::open(config(dir.path())).unwrap()), 3);
 }
+
+fn files_on_disk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.join("readings")];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persist_writes_hive_partitioned_files_and_releases_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(EngineConfig {
+        wal_segment_size: 64 << 10,
+        ..config(dir.path())
+    })
+    .unwrap();
+    let hour = 3_600_000_000_000i64;
+    // 2026-11-23T10:00Z and 11:00Z: two hour partitions.
+    let t0 = 1_795_428_000_000_000_000i64;
+    for k in 0..40 {
+        engine.write(batch("p1", t0 + k * 100, 100)).await.unwrap();
+        engine
+            .write(batch("p2", t0 + hour + k * 100, 100))
+            .await
+            .unwrap();
+    }
+    let segments_before = wal::list_segments(&dir.path().join("wal")).unwrap().len();
+    assert!(segments_before > 2, "{segments_before} segments");
+    let report = engine.persist().await.unwrap();
+    assert_eq!(report.rows, 8000);
+    assert_eq!(
+        files_on_disk(dir.path()),
+        vec![
+            "readings/resolution=raw/date=2026-11-23/hour=10/00000000000000000001.parquet",
+            "readings/resolution=raw/date=2026-11-23/hour=11/00000000000000000002.parquet",
+        ]
+    );
+    let segments_after = wal::list_segments(&dir.path().join("wal")).unwrap().len();
+    assert_eq!(segments_after, 1, "only the active segment is kept");
+    let m = engine.manifest();
+    assert_eq!(m.rows(), 8000);
+    assert_eq!((m.files[0].min_ts, m.files[0].max_ts), (t0, t0 + 3999));
+    assert_eq!(m.files[1].min_device, "p2");
+    assert_eq!(engine.stats().persisted_rows.load(Ordering::Relaxed), 8000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_loses_nothing_and_a_crash_before_commit_leaves_no_orphan() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = PersistFaults::default();
+    let open = |faults: &PersistFaults| {
+        Engine::open(EngineConfig {
+            persist_faults: Some(faults.clone()),
+            ..config(dir.path())
+        })
+        .unwrap()
+    };
+    let engine = open(&faults);
+    engine.write(batch("a", 0, 100)).await.unwrap();
+    // Uploads fail: the attempt reports it; the rows stay queryable and in the WAL.
+    faults.fail_next_uploads(1);
+    let err = engine.persist().await.unwrap_err();
+    assert!(err.to_string().contains("injected upload failure"), "{err}");
+    let view = engine.read_view(None, None);
+    assert_eq!(view.frozen.as_ref().map(|f| f.rows), Some(100));
+    assert!(engine.frozen_bytes() > 0);
+    // Writes go on meanwhile.
+    engine.write(batch("b", 0, 50)).await.unwrap();
+    // The store is back: the pending rows and the new ones are persisted.
+    let report = engine.persist().await.unwrap();
+    assert_eq!(report.rows, 150);
+    assert!(engine.read_view(None, None).frozen.is_none());
+    assert_eq!(engine.frozen_bytes(), 0);
+
+    // Upload succeeds, the manifest commit never happens (a crash in between).
+    engine.write(batch("c", 0, 10)).await.unwrap();
+    faults.fail_next_commits(u32::MAX);
+    assert!(engine.persist().await.is_err());
+    let orphans = files_on_disk(dir.path());
+    assert_eq!(orphans.len(), 3, "{orphans:?}");
+    drop(engine);
+
+    let engine = open(&PersistFaults::default());
+    assert_eq!(
+        files_on_disk(dir.path()).len(),
+        2,
+        "the orphan is deleted at start"
+    );
+    assert_eq!(engine.manifest().rows(), 150);
+    // The uncommitted rows come back from the WAL, once.
+    assert_eq!(total_rows(&engine), 10);
+    engine.persist().await.unwrap();
+    assert_eq!(engine.manifest().rows(), 160);
+}

@@ -16,6 +16,7 @@ use tracing::error;
 use wattdb_storage::ReadingBatch;
 use wattdb_storage::wal::WalWriter;
 
+use crate::buffer::WalPosition;
 use crate::error::{Error, Result};
 use crate::{Shared, WriteReceipt};
 
@@ -45,6 +46,7 @@ pub(crate) struct Pending {
     queued: Instant,
     ack: oneshot::Sender<Result<WriteReceipt>>,
     seq: u64,
+    segment: u64,
 }
 
 /// The WAL thread: group, append, commit, hand over.
@@ -75,6 +77,7 @@ pub(crate) fn run_wal(args: WriterArgs) {
                         queued,
                         ack,
                         seq,
+                        segment: wal.segment(),
                     }),
                     Err(e) => {
                         let _ = ack.send(Err(e.into()));
@@ -129,7 +132,14 @@ pub(crate) fn run_wal(args: WriterArgs) {
 pub(crate) fn run_apply(rx: Receiver<Vec<Pending>>, shared: Arc<Shared>) {
     while let Ok(group) = rx.recv() {
         let parts: Vec<&ReadingBatch> = group.iter().map(|p| &p.batch).collect();
-        shared.buffer.write().insert(&parts);
+        let (Some(first), Some(last)) = (group.first(), group.last()) else {
+            continue;
+        };
+        let last = WalPosition {
+            segment: last.segment,
+            seq: last.seq,
+        };
+        shared.buffer.write().insert(&parts, first.segment, last);
         let now = Instant::now();
         for p in group {
             shared

@@ -2,12 +2,11 @@
 //!
 //! This crate is the read path's middle layer. [`QueryEngine`] holds an
 //! [`Engine`](wattdb_engine::Engine) handle and answers read-only SQL over the table
-//! `readings`, which [`ReadingsTable`] serves from the engine's in-memory buffer (a
-//! snapshot taken when the query is planned, so a query sees every write acknowledged
-//! before it started). It knows nothing of HTTP: the `api` crate turns the record-batch
+//! `readings`, which [`ReadingsTable`] serves from the engine's in-memory buffer and
+//! the Parquet files of its manifest (a view taken when the query is planned, so a
+//! query sees every write acknowledged before it started). It knows nothing of HTTP: the `api` crate turns the record-batch
 //! stream into JSON or CSV. Every query runs under a memory limit and a deadline.
 //!
-//! Later tiers (Parquet files, rollups) join `readings` under the same name.
 
 mod error;
 mod readings;
@@ -73,6 +72,9 @@ impl QueryEngine {
             .with_target_partitions(self.config.target_partitions)
             .with_information_schema(true);
         let ctx = SessionContext::new_with_config_rt(session, runtime);
+        let url = datafusion::execution::object_store::ObjectStoreUrl::parse(readings::STORE_URL)
+            .map_err(Error::DataFusion)?;
+        ctx.register_object_store(url.as_ref(), self.engine.store().object_store());
         ctx.register_table(
             "readings",
             Arc::new(ReadingsTable::new(self.engine.clone())),

@@ -1,20 +1,51 @@
-//! The `readings` table over the engine's in-memory buffer.
+//! The `readings` table: the in-memory buffer, rows being persisted, and the raw
+//! Parquet files of the manifest, as one table with duplicates resolved.
+//!
+//! Every source holds each `(device_id, ts)` at most once; across sources the newest
+//! wins: the buffer, then rows being persisted, then files by descending id. When the
+//! sources a query touches cannot hold the same key — their time or device ranges do
+//! not overlap, the common case — the scan is a plain union. Otherwise (late data,
+//! rewrites of persisted readings, a replay after a crash) each row is tagged with its
+//! source's rank and a `ROW_NUMBER() OVER (PARTITION BY device_id, ts ORDER BY rank
+//! DESC) = 1` keeps the newest copy; DataFusion runs that under the query's memory
+//! pool.
 
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::array::{RecordBatch, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
-use datafusion::common::ScalarValue;
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::{TableProvider, TableType};
-use datafusion::error::Result as DfResult;
-use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, DFSchema, ScalarValue};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::{MemTable, MemorySourceConfig};
+use datafusion::datasource::physical_plan::{FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::datasource::{TableProvider, TableType, provider_as_source};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::session_state::SessionState;
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, ExprFunctionExt, LogicalPlanBuilder, Operator, TableProviderFilterPushDown,
+};
 use datafusion::physical_plan::ExecutionPlan;
-use wattdb_engine::{Engine, readings_schema};
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::prelude::{col, lit};
+use wattdb_engine::{Engine, FileMeta, Tier, readings_schema};
 
-/// `readings`: every acknowledged reading in the buffer, duplicates resolved.
+/// The URL under which the engine's object store is registered with DataFusion.
+pub const STORE_URL: &str = "wattdb://store/";
+
+const RANK: &str = "_rank";
+const ROW_NUMBER: &str = "_rn";
+const BUFFER_RANK: u64 = u64::MAX;
+const FROZEN_RANK: u64 = u64::MAX - 1;
+
+/// `readings`: every acknowledged reading, duplicates resolved.
 #[derive(Debug)]
 pub struct ReadingsTable {
     engine: Engine,
@@ -44,17 +75,9 @@ impl TableProvider for ReadingsTable {
         &self,
         filters: &[&Expr],
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        // Time filters prune buffer batches; DataFusion still applies them row by row.
-        Ok(filters
-            .iter()
-            .map(|f| {
-                if time_bound(f).is_some() {
-                    TableProviderFilterPushDown::Inexact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
-            .collect())
+        // Every filter prunes sources and Parquet row groups; DataFusion still applies
+        // them row by row.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
 
     async fn scan(
@@ -62,29 +85,283 @@ impl TableProvider for ReadingsTable {
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
-        _limit: Option<usize>,
+        limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let (mut from, mut to) = (None::<i64>, None::<i64>);
-        for f in filters {
-            match time_bound(f) {
-                Some(Bound::From(t)) => from = Some(from.map_or(t, |x| x.max(t))),
-                Some(Bound::To(t)) => to = Some(to.map_or(t, |x| x.min(t))),
-                Some(Bound::Exactly(t)) => {
-                    from = Some(from.map_or(t, |x| x.max(t)));
-                    to = Some(to.map_or(t, |x| x.min(t)));
-                }
-                None => {}
+        let filters: Vec<Expr> = filters.iter().map(unqualify).collect::<DfResult<_>>()?;
+        let (from, to) = time_range(&filters);
+        let devices = device_range(&filters);
+        let view = self.engine.read_view(from, to);
+        let files: Vec<FileMeta> = view
+            .manifest
+            .files
+            .iter()
+            .filter(|f| f.tier == Tier::Raw)
+            .filter(|f| from.is_none_or(|t| f.max_ts >= t) && to.is_none_or(|t| f.min_ts <= t))
+            .filter(|f| {
+                devices.as_ref().is_none_or(|(lo, hi)| {
+                    f.max_device.as_str() >= lo.as_str() && f.min_device.as_str() <= hi.as_str()
+                })
+            })
+            .cloned()
+            .collect();
+        // Sources and their time (and device) ranges, for the overlap test.
+        let mut boxes: Vec<(i64, i64, Option<(&str, &str)>)> = files
+            .iter()
+            .map(|f| {
+                (
+                    f.min_ts,
+                    f.max_ts,
+                    Some((f.min_device.as_str(), f.max_device.as_str())),
+                )
+            })
+            .collect();
+        let mut memory: Vec<(u64, Vec<RecordBatch>)> = Vec::new();
+        if let Some(f) = &view.frozen {
+            boxes.push((f.min_ts, f.max_ts, None));
+            memory.push((FROZEN_RANK, f.batches.clone()));
+        }
+        if let Some((lo, hi)) = view.buffer_range
+            && !view.buffer.is_empty()
+        {
+            boxes.push((lo, hi, None));
+            memory.push((BUFFER_RANK, view.buffer.clone()));
+        }
+        let partitions = state.config().target_partitions().max(1);
+        if !overlapping(&mut boxes) {
+            let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+            if !files.is_empty() {
+                let t = FilesTable::new(files, false);
+                inputs.push(t.scan(state, projection, &filters, limit).await?);
+            }
+            let batches: Vec<RecordBatch> = memory.into_iter().flat_map(|(_, b)| b).collect();
+            if !batches.is_empty() || inputs.is_empty() {
+                inputs.push(MemorySourceConfig::try_new_exec(
+                    &split(batches, partitions),
+                    Arc::clone(&self.schema),
+                    projection.cloned(),
+                )?);
+            }
+            return UnionExec::try_new(inputs);
+        }
+        self.deduplicating_scan(state, projection, &filters, files, memory, partitions)
+            .await
+    }
+}
+
+impl ReadingsTable {
+    /// Plans the scan of overlapping sources: union, tag by rank, keep the newest copy.
+    async fn deduplicating_scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        files: Vec<FileMeta>,
+        memory: Vec<(u64, Vec<RecordBatch>)>,
+        partitions: usize,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let state = state
+            .as_any()
+            .downcast_ref::<SessionState>()
+            .ok_or_else(|| DataFusionError::Internal("unexpected session type".into()))?;
+        let ranked = ranked_schema();
+        let mut tagged = Vec::new();
+        for (rank, batches) in memory {
+            for b in batches {
+                tagged.push(with_rank(&ranked, &b, rank)?);
             }
         }
-        let batches = self.engine.snapshot(from, to);
-        let partitions = split(batches, state.config().target_partitions().max(1));
-        let exec = MemorySourceConfig::try_new_exec(
-            &partitions,
-            Arc::clone(&self.schema),
-            projection.cloned(),
-        )?;
-        Ok(exec)
+        let predicate = conjunction(filters.iter().cloned());
+        let scan = |provider: Arc<dyn TableProvider>| -> DfResult<LogicalPlanBuilder> {
+            let b = LogicalPlanBuilder::scan("readings", provider_as_source(provider), None)?;
+            match &predicate {
+                Some(p) => b.filter(p.clone()),
+                None => Ok(b),
+            }
+        };
+        let mem = Arc::new(MemTable::try_new(
+            Arc::clone(&ranked),
+            split(tagged, partitions),
+        )?);
+        let mut plan = scan(mem)?;
+        if !files.is_empty() {
+            let f = scan(Arc::new(FilesTable::new(files, true)))?.build()?;
+            plan = plan.union(f)?;
+        }
+        let newest = row_number()
+            .partition_by(vec![col("device_id"), col("ts")])
+            .order_by(vec![col(RANK).sort(false, true)])
+            .build()?
+            .alias(ROW_NUMBER);
+        let columns: Vec<Expr> = match projection {
+            Some(p) => p
+                .iter()
+                .map(|&i| col(self.schema.field(i).name()))
+                .collect(),
+            None => self.schema.fields().iter().map(|f| col(f.name())).collect(),
+        };
+        let plan = plan
+            .window(vec![newest])?
+            .filter(col(ROW_NUMBER).eq(lit(1u64)))?
+            .project(columns)?
+            .build()?;
+        state.create_physical_plan(&plan).await
     }
+}
+
+/// Raw Parquet files from the manifest, optionally with each file's id as `_rank`.
+#[derive(Debug)]
+struct FilesTable {
+    files: Vec<FileMeta>,
+    ranked: bool,
+    schema: SchemaRef,
+}
+
+impl FilesTable {
+    fn new(files: Vec<FileMeta>, ranked: bool) -> Self {
+        let schema = if ranked {
+            ranked_schema()
+        } else {
+            readings_schema()
+        };
+        Self {
+            files,
+            ranked,
+            schema,
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for FilesTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let table_schema = if self.ranked {
+            TableSchema::builder(readings_schema())
+                .with_table_partition_cols(vec![Arc::new(Field::new(
+                    RANK,
+                    DataType::UInt64,
+                    false,
+                ))])
+                .build()
+        } else {
+            TableSchema::from(readings_schema())
+        };
+        let mut source = ParquetSource::new(table_schema)
+            .with_enable_page_index(true)
+            .with_pushdown_filters(true)
+            .with_reorder_filters(true);
+        // Partition columns cannot prune Parquet pages; leave them to DataFusion.
+        let file_filters: Vec<Expr> = filters
+            .iter()
+            .map(unqualify)
+            .collect::<DfResult<Vec<_>>>()?
+            .into_iter()
+            .filter(|f| !f.column_refs().iter().any(|c| c.name == RANK))
+            .collect();
+        if let Some(predicate) = conjunction(file_filters) {
+            let df_schema = DFSchema::try_from(readings_schema().as_ref().clone())?;
+            source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
+        }
+        let n = state
+            .config()
+            .target_partitions()
+            .max(1)
+            .min(self.files.len().max(1));
+        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); n];
+        let mut sizes = vec![0u64; n];
+        let mut files = self.files.clone();
+        files.sort_by_key(|f| std::cmp::Reverse(f.size));
+        for f in files {
+            // Largest first into the lightest group: balanced scans.
+            let i = (0..n).min_by_key(|&i| sizes[i]).unwrap_or(0);
+            sizes[i] += f.size;
+            let mut pf = PartitionedFile::new(f.path.clone(), f.size);
+            if self.ranked {
+                pf = pf.with_partition_values(vec![ScalarValue::UInt64(Some(f.id))]);
+            }
+            groups[i].push(pf);
+        }
+        let config =
+            FileScanConfigBuilder::new(ObjectStoreUrl::parse(STORE_URL)?, Arc::new(source))
+                .with_file_groups(groups.into_iter().map(Into::into).collect())
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+fn ranked_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = readings_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(RANK, DataType::UInt64, false));
+    Arc::new(Schema::new(fields))
+}
+
+fn with_rank(schema: &SchemaRef, b: &RecordBatch, rank: u64) -> DfResult<RecordBatch> {
+    let mut cols = b.columns().to_vec();
+    cols.push(Arc::new(UInt64Array::from_value(rank, b.num_rows())));
+    Ok(RecordBatch::try_new(Arc::clone(schema), cols)?)
+}
+
+/// Whether any two sources may hold the same `(device_id, ts)`.
+fn overlapping(boxes: &mut [(i64, i64, Option<(&str, &str)>)]) -> bool {
+    if boxes.len() < 2 {
+        return false;
+    }
+    boxes.sort_by_key(|b| b.0);
+    for i in 0..boxes.len() {
+        for j in i + 1..boxes.len() {
+            if boxes[j].0 > boxes[i].1 {
+                break;
+            }
+            let devices_meet = match (boxes[i].2, boxes[j].2) {
+                (Some((a_lo, a_hi)), Some((b_lo, b_hi))) => a_lo <= b_hi && b_lo <= a_hi,
+                _ => true,
+            };
+            if devices_meet {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Removes table qualifiers, so filters apply to the inner sources.
+fn unqualify(e: &Expr) -> DfResult<Expr> {
+    e.clone()
+        .transform(|e| {
+            Ok(match e {
+                Expr::Column(c) if c.relation.is_some() => {
+                    Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))
+                }
+                e => Transformed::no(e),
+            })
+        })
+        .map(|t| t.data)
 }
 
 /// Deals batches round-robin into `n` partitions, so a scan uses every core.
@@ -95,6 +372,62 @@ fn split(batches: Vec<RecordBatch>, n: usize) -> Vec<Vec<RecordBatch>> {
         parts[i % len].push(b);
     }
     parts
+}
+
+/// The inclusive time range the filters allow (nanoseconds; `None` = open).
+fn time_range(filters: &[Expr]) -> (Option<i64>, Option<i64>) {
+    let (mut from, mut to) = (None::<i64>, None::<i64>);
+    for f in filters {
+        match time_bound(f) {
+            Some(Bound::From(t)) => from = Some(from.map_or(t, |x| x.max(t))),
+            Some(Bound::To(t)) => to = Some(to.map_or(t, |x| x.min(t))),
+            Some(Bound::Exactly(t)) => {
+                from = Some(from.map_or(t, |x| x.max(t)));
+                to = Some(to.map_or(t, |x| x.min(t)));
+            }
+            None => {}
+        }
+    }
+    (from, to)
+}
+
+/// The device id range the filters allow (`device_id = 'x'` or `IN (…)`).
+fn device_range(filters: &[Expr]) -> Option<(String, String)> {
+    for f in filters {
+        match f {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Eq,
+                right,
+            }) => {
+                if let (Expr::Column(c), Expr::Literal(ScalarValue::Utf8(Some(v)), _))
+                | (Expr::Literal(ScalarValue::Utf8(Some(v)), _), Expr::Column(c)) =
+                    (left.as_ref(), right.as_ref())
+                    && c.name == "device_id"
+                {
+                    return Some((v.clone(), v.clone()));
+                }
+            }
+            Expr::InList(l) if !l.negated => {
+                if let Expr::Column(c) = l.expr.as_ref()
+                    && c.name == "device_id"
+                {
+                    let mut values = Vec::new();
+                    for e in &l.list {
+                        match e {
+                            Expr::Literal(ScalarValue::Utf8(Some(v)), _) => values.push(v.clone()),
+                            _ => return None,
+                        }
+                    }
+                    let lo = values.iter().min()?.clone();
+                    let hi = values.iter().max()?.clone();
+                    return Some((lo, hi));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -46,6 +46,7 @@ fn bench_wal(c: &mut Criterion) {
         )
         .unwrap();
         let config = WalConfig {
+            min_next_seq: 0,
             dir: dir.path().to_owned(),
             segment_size: 256 << 20,
             faults: None,

@@ -294,6 +294,9 @@ pub struct WalConfig {
     pub segment_size: u64,
     /// Failures to inject into writes (tests of what follows a disk error).
     pub faults: Option<FaultInjector>,
+    /// Sequence numbers continue from at least here, even if every segment is gone
+    /// (the engine passes one past the last sequence number already persisted).
+    pub min_next_seq: u64,
 }
 
 impl WalConfig {
@@ -302,6 +305,7 @@ impl WalConfig {
             dir: dir.into(),
             segment_size: 64 << 20,
             faults: None,
+            min_next_seq: 0,
         }
     }
 }
@@ -477,7 +481,7 @@ pub fn open(
         file.sync_all().map_err(io_err(&path))?;
     }
     let next_segment = ids.last().map_or(0, |id| id + 1);
-    let next_seq = last_seq.map_or(0, |s| s + 1);
+    let next_seq = last_seq.map_or(0, |s| s + 1).max(config.min_next_seq);
     let writer = WalWriter::create(config, next_segment, next_seq)?;
     info!(
         segments = stats.segments,

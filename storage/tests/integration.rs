@@ -30,6 +30,7 @@ fn wal_segment_corpus_replays_without_panic() {
 fn write_seed_corpus() {
     let dir = tempfile::tempdir().unwrap();
     let config = WalConfig {
+        min_next_seq: 0,
         dir: dir.path().to_owned(),
         segment_size: 4096,
         faults: None,

@@ -29,6 +29,7 @@ fn replay_all(config: &WalConfig) -> Result<(Vec<(u64, ReadingBatch)>, RecoveryS
 /// Writes `n` single-commit records into a fresh WAL and returns the config.
 fn wal_with(dir: &Path, n: u64, segment_size: u64) -> WalConfig {
     let config = WalConfig {
+        min_next_seq: 0,
         dir: dir.to_owned(),
         segment_size,
         faults: None,
@@ -297,6 +298,7 @@ fn a_failed_flush_poisons_the_writer() {
     let dir = tempfile::tempdir().unwrap();
     let faults = FaultInjector::default();
     let config = WalConfig {
+        min_next_seq: 0,
         faults: Some(faults.clone()),
         ..small(dir.path())
     };
@@ -339,6 +341,7 @@ fn removes_segments_before_a_given_one() {
 
 fn small(dir: &Path) -> WalConfig {
     WalConfig {
+        min_next_seq: 0,
         dir: dir.to_owned(),
         segment_size: 1 << 16,
         faults: None,

@@ -1,0 +1,321 @@
+//! Persistence: the buffer becomes Parquet files on the object store.
+//!
+//! One thread, `wattdb-persist`, runs a cycle every `persist_interval`, when the
+//! buffer holds `persist_bytes`, or when asked ([`crate::Engine::persist`]):
+//!
+//! 1. **Freeze**: under the buffer lock, every row moves out of the buffer into a
+//!    [`Frozen`] set that queries keep reading. Writes go on into the emptied buffer.
+//! 2. **Write**: the frozen rows (duplicates already resolved) are split by hour
+//!    partition, sorted by `(device_id, ts)` and uploaded as Parquet files with new ids.
+//! 3. **Commit**: a new manifest version listing the files, and the last WAL sequence
+//!    number they cover, is written. In the same step queries switch from the frozen
+//!    rows to the files.
+//! 4. **Release**: WAL segments that hold nothing the buffer still needs are deleted.
+//!
+//! A crash before 3 leaves uploaded files that no manifest lists: they are never read
+//! and are deleted on the next start, and the rows come back from the WAL. A failure
+//! in 2 or 3 keeps the frozen rows (queryable, and in the WAL) and retries with
+//! backoff; until it succeeds no new freeze happens, so the buffer grows and writes
+//! get backpressure at `max_buffer_bytes` — never loss.
+//!
+//! Departure from "persist closed time partitions": a cycle persists *everything*
+//! buffered, so the buffer's memory stays bounded however many plugs report (an open
+//! hour of a million plugs would not fit). The small files this makes are merged by
+//! compaction.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+use wattdb_storage::files::{self, FileMeta, Tier};
+use wattdb_storage::manifest::{self, Manifest};
+use wattdb_storage::{Store, wal};
+
+use crate::buffer::Frozen;
+use crate::error::{Error, Result};
+use crate::schema::readings_schema;
+use crate::{PersistFaults, Shared};
+
+/// At most this many rows go into one raw file.
+pub const MAX_FILE_ROWS: usize = 8 << 20;
+
+/// What one persist cycle did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PersistReport {
+    pub rows: u64,
+    pub files: usize,
+    pub bytes: u64,
+    /// Manifest version after the cycle.
+    pub manifest_version: u64,
+}
+
+impl PersistReport {
+    fn add(&mut self, other: PersistReport) {
+        self.rows += other.rows;
+        self.files += other.files;
+        self.bytes += other.bytes;
+        self.manifest_version = other.manifest_version;
+    }
+}
+
+/// What queries read besides the live buffer: committed files and rows being
+/// persisted. Swapped as a whole, so a query sees rows either frozen or in files.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub manifest: Arc<Manifest>,
+    pub frozen: Option<Arc<Frozen>>,
+}
+
+pub(crate) enum Msg {
+    Now(oneshot::Sender<Result<PersistReport>>),
+    Shutdown,
+}
+
+pub(crate) struct PersisterArgs {
+    pub rx: Receiver<Msg>,
+    pub shared: Arc<Shared>,
+    pub store: Store,
+    pub wal_dir: std::path::PathBuf,
+    pub interval: Duration,
+    pub persist_bytes: usize,
+    pub faults: Option<PersistFaults>,
+    pub runtime: tokio::runtime::Runtime,
+}
+
+/// The persist thread's loop.
+pub(crate) fn run(args: PersisterArgs) {
+    let PersisterArgs {
+        rx,
+        shared,
+        store,
+        wal_dir,
+        interval,
+        persist_bytes,
+        faults,
+        runtime,
+    } = args;
+    let mut next_due = Instant::now() + interval;
+    let mut backoff = Duration::from_millis(500);
+    let mut retry_at: Option<Instant> = None;
+    let mut waiters: Vec<oneshot::Sender<Result<PersistReport>>> = Vec::new();
+    let mut shutdown = false;
+    while !shutdown {
+        match rx.recv_timeout(Duration::from_millis(250)) {
+            Ok(Msg::Now(reply)) => waiters.push(reply),
+            Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => shutdown = true,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let now = Instant::now();
+        let pressure = shared.buffer.read().bytes() >= persist_bytes;
+        // Shutting down does not persist: everything buffered is durable in the WAL.
+        let due = match retry_at {
+            Some(t) => now >= t,
+            None => !waiters.is_empty() || now >= next_due || pressure,
+        };
+        if !due || shutdown {
+            continue;
+        }
+        let started = Instant::now();
+        let result = runtime.block_on(persist_all(&shared, &store, &wal_dir, faults.as_ref()));
+        shared.stats.persist_duration.record(started.elapsed());
+        match result {
+            Ok(report) => {
+                if report.rows > 0 {
+                    info!(
+                        rows = report.rows,
+                        files = report.files,
+                        bytes = report.bytes,
+                        manifest = report.manifest_version,
+                        ms = started.elapsed().as_millis() as u64,
+                        "persisted buffered readings"
+                    );
+                }
+                for w in waiters.drain(..) {
+                    let _ = w.send(Ok(report.clone()));
+                }
+                retry_at = None;
+                backoff = Duration::from_millis(500);
+                next_due = Instant::now() + interval;
+            }
+            Err(e) => {
+                shared.stats.persist_errors.fetch_add(1, Ordering::Relaxed);
+                error!(error = %e, source = ?std::error::Error::source(&e), retry_in_ms = backoff.as_millis() as u64, "persisting failed; the readings stay in the WAL and the buffer");
+                let msg = e.to_string();
+                let detail = std::error::Error::source(&e)
+                    .map(|s| format!("{msg}: {s}"))
+                    .unwrap_or(msg);
+                for w in waiters.drain(..) {
+                    let _ = w.send(Err(Error::Persist(detail.clone())));
+                }
+                retry_at = Some(Instant::now() + backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    for w in waiters.drain(..) {
+        let _ = w.send(Err(Error::ShuttingDown));
+    }
+}
+
+/// Persists a pending frozen set (from an earlier failed cycle), then everything in the
+/// buffer now.
+async fn persist_all(
+    shared: &Shared,
+    store: &Store,
+    wal_dir: &std::path::Path,
+    faults: Option<&PersistFaults>,
+) -> Result<PersistReport> {
+    let mut report = PersistReport {
+        manifest_version: shared.view.read().manifest.version,
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        let pending = shared.view.read().frozen.clone();
+        let frozen = match pending {
+            Some(f) => f,
+            None => match freeze(shared) {
+                Some(f) => f,
+                None => break,
+            },
+        };
+        report.add(persist_frozen(shared, store, &frozen, faults).await?);
+        release_wal(shared, wal_dir);
+    }
+    Ok(report)
+}
+
+/// Moves the buffer's rows into the view's frozen set.
+fn freeze(shared: &Shared) -> Option<Arc<Frozen>> {
+    // Lock order everywhere: buffer, then view.
+    let mut buffer = shared.buffer.write();
+    let frozen = Arc::new(buffer.freeze()?);
+    shared.frozen_bytes.store(frozen.bytes, Ordering::Relaxed);
+    shared.view.write().frozen = Some(Arc::clone(&frozen));
+    Some(frozen)
+}
+
+async fn persist_frozen(
+    shared: &Shared,
+    store: &Store,
+    frozen: &Arc<Frozen>,
+    faults: Option<&PersistFaults>,
+) -> Result<PersistReport> {
+    let base = Arc::clone(&shared.view.read().manifest);
+    let mut next_id = base.next_file_id;
+    let (new_files, bytes) = write_raw_files(store, &frozen.batches, &mut next_id, faults).await?;
+    let mut m = base.next();
+    m.next_file_id = next_id;
+    m.persisted_seq = Some(frozen.max_seq.max(base.persisted_seq.unwrap_or(0)));
+    m.files.extend(new_files.iter().cloned());
+    if let Some(f) = faults {
+        f.check_commit()?;
+    }
+    m.commit(store).await?;
+    let version = m.version;
+    {
+        let mut view = shared.view.write();
+        view.manifest = Arc::new(m);
+        view.frozen = None;
+    }
+    shared.frozen_bytes.store(0, Ordering::Relaxed);
+    let stats = &shared.stats;
+    stats
+        .persisted_rows
+        .fetch_add(frozen.rows, Ordering::Relaxed);
+    stats
+        .persisted_files
+        .fetch_add(new_files.len() as u64, Ordering::Relaxed);
+    stats.persisted_bytes.fetch_add(bytes, Ordering::Relaxed);
+    stats
+        .last_persisted_ts
+        .fetch_max(frozen.max_ts, Ordering::Relaxed);
+    Ok(PersistReport {
+        rows: frozen.rows,
+        files: new_files.len(),
+        bytes,
+        manifest_version: version,
+    })
+}
+
+/// Sorts, partitions and uploads rows as raw files; returns their metadata.
+async fn write_raw_files(
+    store: &Store,
+    batches: &[RecordBatch],
+    next_id: &mut u64,
+    faults: Option<&PersistFaults>,
+) -> Result<(Vec<FileMeta>, u64)> {
+    let schema = readings_schema();
+    let props = files::writer_properties(&schema, "ts");
+    let sorted = files::sort_rows(&schema, batches, "ts")?;
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for (start, part) in files::split_by_partition(Tier::Raw, &sorted, "ts")? {
+        let mut offset = 0;
+        while offset < part.num_rows() {
+            let len = (part.num_rows() - offset).min(MAX_FILE_ROWS);
+            let slice = part.slice(offset, len);
+            offset += len;
+            let body = files::encode(&slice, props.clone())?;
+            let (min_ts, max_ts, min_device, max_device) = files::ranges(&slice, "ts")?;
+            let id = *next_id;
+            *next_id += 1;
+            let meta = FileMeta {
+                id,
+                tier: Tier::Raw,
+                path: Tier::Raw.file_path(start, id),
+                size: body.len() as u64,
+                rows: slice.num_rows() as u64,
+                min_ts,
+                max_ts,
+                min_device,
+                max_device,
+            };
+            if let Some(f) = faults {
+                f.check_upload()?;
+            }
+            bytes += meta.size;
+            store.put(&meta.object_path(), body).await?;
+            out.push(meta);
+        }
+    }
+    Ok((out, bytes))
+}
+
+/// Deletes WAL segments older than anything the buffer (or a pending frozen set)
+/// still needs.
+fn release_wal(shared: &Shared, wal_dir: &std::path::Path) {
+    let keep_from = {
+        let buffer = shared.buffer.read();
+        let view = shared.view.read();
+        let frozen = view.frozen.as_ref().map(|f| f.min_segment);
+        match (buffer.min_segment(), frozen) {
+            (Some(b), Some(f)) => Some(b.min(f)),
+            (b, f) => b.or(f),
+        }
+    };
+    let Some(keep_from) = keep_from else {
+        return;
+    };
+    match wal::remove_segments_before(wal_dir, keep_from) {
+        Ok(0) => {}
+        Ok(n) => info!(segments = n, keep_from, "released persisted WAL segments"),
+        Err(e) => warn!(error = %e, "could not delete persisted WAL segments; will retry"),
+    }
+}
+
+/// Loads the manifest and deletes orphaned files (startup).
+pub(crate) async fn recover(store: &Store) -> Result<Manifest> {
+    let m = Manifest::load(store).await?;
+    let orphans = manifest::remove_orphans(store, &m).await?;
+    if orphans > 0 {
+        warn!(
+            orphans,
+            "deleted files a crash left between upload and manifest commit"
+        );
+    }
+    Ok(m)
+}
