@@ -33,6 +33,7 @@
 pub mod buffer;
 mod error;
 pub mod histogram;
+pub mod rollup;
 pub mod schema;
 mod writer;
 
