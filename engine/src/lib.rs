@@ -27,6 +27,8 @@
 //! Modules:
 //! - [`buffer`]: Arrow batches of acknowledged readings, duplicate resolution (last
 //!   write wins), latest value per plug.
+//! - [`persist`]: the buffer to Parquet files and the manifest; WAL release.
+//! - [`rollup`]: the 1m/1h/1d rollup partials and their incremental maintenance.
 //! - [`schema`]: the `readings` schema and batch conversion.
 //! - `writer`: the WAL (group commit) and apply threads.
 
@@ -34,6 +36,7 @@ pub mod buffer;
 mod error;
 pub mod histogram;
 pub mod persist;
+pub mod rollup;
 pub mod schema;
 mod writer;
 
