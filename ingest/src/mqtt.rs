@@ -86,9 +86,10 @@ impl Default for MqttDecoderConfig {
 }
 
 /// Decodes MQTT messages into readings. Owns the topic routes and the Tasmota relay
-/// cache, and keeps a scratch buffer between messages, so a message allocates nothing
-/// beyond the batch's own growth (and a cache entry when a new Tasmota plug reports its
-/// state).
+/// cache, and keeps a scratch buffer for escaped strings between messages (it grows to
+/// the longest escaped string seen, at most the payload limit), so a message allocates
+/// nothing beyond the batch's own growth and a cache entry when a new Tasmota plug
+/// reports its state. One decoder per subscriber task; it is not shared.
 #[derive(Debug, Clone)]
 pub struct MqttDecoder {
     router: TopicRouter,
