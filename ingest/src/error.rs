@@ -83,6 +83,18 @@ pub enum Expected {
     String,
     /// A JSON timestamp.
     Timestamp,
+    /// An MQTT timestamp: a number whose unit follows from its magnitude, or a string.
+    TimestampByMagnitude,
+    /// A JSON object.
+    Object,
+    /// One reading object or an array of them.
+    ReadingOrArray,
+    /// A reading object, as an element of an array.
+    ReadingObject,
+    /// A relay state in an MQTT payload, where strings are allowed too.
+    RelayState,
+    /// A Tasmota value: a number, or one number per channel.
+    NumberOrChannels,
 }
 
 impl fmt::Display for Expected {
@@ -96,6 +108,14 @@ impl fmt::Display for Expected {
             Self::FieldValue => "a field value (number, 42i, 42u, boolean or quoted string)",
             Self::String => "a string",
             Self::Timestamp => "an integer, a number of seconds or an RFC 3339 string",
+            Self::TimestampByMagnitude => {
+                "a number (seconds, ms, µs or ns, by magnitude) or an RFC 3339 string"
+            }
+            Self::Object => "an object",
+            Self::ReadingOrArray => "a reading object or an array of reading objects",
+            Self::ReadingObject => "a reading object",
+            Self::RelayState => "a relay state (true, false, \"on\", \"off\", 1 or 0)",
+            Self::NumberOrChannels => "a number or an array of numbers (one per channel)",
         })
     }
 }

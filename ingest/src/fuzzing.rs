@@ -14,11 +14,17 @@
 //! - Decoding the same bytes twice gives the same result.
 //! - Line protocol only: a coarser precision never accepts what nanoseconds refuse, and
 //!   when it accepts, it decodes the same rows.
+//! - MQTT only: the topic decides the outcome as the router says (unknown topics are
+//!   refused, Tasmota STATE appends nothing, SENSOR and Shelly one reading stamped with
+//!   the arrival time), reading times fall between 2000 and a day after arrival, a
+//!   refusal leaves the relay cache alone, and a remembered relay state is the one the
+//!   payload reported and the one the plug's next SENSOR reading carries.
 
 use wattdb_storage::{ReadingBatch, ReadingRef, validate_device_id};
 
 use crate::json::{JsonError, decode_json_readings};
 use crate::line_protocol::{LineProtocolError, Precision, decode_line_protocol};
+use crate::mqtt::{MqttDecodeError, MqttDecoder, MqttDecoderConfig, PayloadFormat};
 
 /// The arrival time handed to the decoders.
 pub const NOW_NS: i64 = 1_700_000_000_000_000_000;
@@ -176,6 +182,189 @@ pub fn json_readings(data: &[u8]) {
         _ => panic!("second decode differs: {result:?} then {second:?}"),
     }
     assert_eq!(batch, again, "second decode appended different rows");
+}
+
+/// Payload limit of [`mqtt_decoder`].
+pub const MQTT_MAX_PAYLOAD_BYTES: usize = 64 << 10;
+/// Readings-per-message limit of [`mqtt_decoder`], low so the fuzzer reaches it.
+pub const MQTT_MAX_READINGS: usize = 64;
+
+/// The decoder the MQTT checks use: default routes, small limits.
+pub fn mqtt_decoder() -> MqttDecoder {
+    MqttDecoder::new(MqttDecoderConfig {
+        max_payload_bytes: MQTT_MAX_PAYLOAD_BYTES,
+        max_readings_per_message: MQTT_MAX_READINGS,
+        relay_cache_capacity: 16,
+        ..MqttDecoderConfig::default()
+    })
+}
+
+/// Splits a fuzz input into an MQTT topic and payload: the topic is everything before
+/// the first `\n`, the payload everything after it. Without a newline the whole input
+/// is the topic and the payload is empty.
+pub fn split_mqtt_input(data: &[u8]) -> (&[u8], &[u8]) {
+    match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[]),
+    }
+}
+
+/// 2000-01-01T00:00:00Z, the earliest reading time MQTT payloads may carry.
+const MQTT_EARLIEST_NS: i64 = 946_684_800_000_000_000;
+/// A day: how far past its arrival an MQTT reading's time may be.
+const DAY_NS: i64 = 86_400_000_000_000;
+
+/// Checks the MQTT decoder on one message, split by [`split_mqtt_input`]. Topics that
+/// are not UTF-8 are skipped: MQTT topics are UTF-8 strings on the wire.
+pub fn mqtt_payload(data: &[u8]) {
+    let (topic, payload) = split_mqtt_input(data);
+    let Ok(topic) = std::str::from_utf8(topic) else {
+        return;
+    };
+    let mut decoder = mqtt_decoder();
+    let routed = decoder.router().route(topic);
+    let mut batch = sentinel_batch();
+    let before = batch.clone();
+    let result = decoder.decode_message(topic, payload, NOW_NS, &mut batch);
+    match &result {
+        Ok(n) => {
+            check_appended(&before, &batch, *n);
+            let Some(routed) = routed else {
+                panic!("accepted a message on an unrouted topic {topic:?}");
+            };
+            assert!(
+                validate_device_id(routed.device_id).is_ok(),
+                "accepted a topic with a bad device level"
+            );
+            assert!(
+                payload.len() <= MQTT_MAX_PAYLOAD_BYTES,
+                "accepted an oversized payload"
+            );
+            assert!(
+                std::str::from_utf8(payload).is_ok(),
+                "accepted a payload that is not UTF-8"
+            );
+            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(payload) {
+                panic!("accepted a payload serde_json refuses: {e}");
+            }
+            for i in before.len()..batch.len() {
+                let row = batch.get(i);
+                assert!(
+                    (MQTT_EARLIEST_NS..=NOW_NS + DAY_NS).contains(&row.ts),
+                    "reading time {} out of range",
+                    row.ts
+                );
+                if routed.format != PayloadFormat::SmartPlugJson {
+                    assert_eq!(row.ts, NOW_NS, "firmware readings take the arrival time");
+                    assert_eq!(row.device_id, routed.device_id, "device id not the topic's");
+                    assert_eq!((row.location, row.device_type), (None, None), "tags");
+                }
+            }
+            match routed.format {
+                PayloadFormat::SmartPlugJson => {
+                    let elements = serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(payload);
+                    let want = elements.map_or(1, |e| e.len());
+                    assert_eq!(*n, want, "readings from {want} objects");
+                    assert!(*n <= MQTT_MAX_READINGS, "{n} readings over the limit");
+                }
+                PayloadFormat::TasmotaSensor => {
+                    assert_eq!(*n, 1, "one reading per SENSOR message");
+                    assert_eq!(batch.get(before.len()).relay_on, None, "relay from nowhere");
+                }
+                PayloadFormat::ShellySwitch => assert_eq!(*n, 1, "one reading per status"),
+                PayloadFormat::TasmotaState => {
+                    assert_eq!(*n, 0, "a STATE message carries no reading");
+                    check_relay_cache(&mut decoder, routed.device_id, payload);
+                }
+            }
+        }
+        Err(e) => {
+            assert_eq!(batch, before, "batch not restored after: {e}");
+            assert!(
+                MqttDecodeError::REASONS.contains(&e.reason()),
+                "unlisted reason {}",
+                e.reason()
+            );
+            assert_eq!(
+                matches!(e, MqttDecodeError::UnknownTopic { .. }),
+                routed.is_none(),
+                "router and decoder disagree on {topic:?}: {e}"
+            );
+            assert_eq!(
+                decoder.remembered_relays(),
+                0,
+                "refused message changed the cache"
+            );
+            if let Some(at) = e.position() {
+                assert!(at.line >= 1, "error without a line: {e}");
+                let elements = serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(payload);
+                if let (Some(index), Ok(elements)) = (at.index, &elements) {
+                    assert!(
+                        index < elements.len().min(MQTT_MAX_READINGS + 1),
+                        "error names element {index} of {}: {e}",
+                        elements.len()
+                    );
+                }
+                if !matches!(e, MqttDecodeError::NotJson { .. }) {
+                    let message = e.to_string();
+                    assert!(
+                        message.starts_with(&at.to_string()),
+                        "message does not start with its position: {message}"
+                    );
+                }
+            }
+            if matches!(e, MqttDecodeError::NotJson { .. }) {
+                assert!(
+                    serde_json::from_slice::<serde_json::Value>(payload).is_err(),
+                    "not_json on JSON serde_json reads: {e}"
+                );
+            }
+            check_message_length(&e.to_string());
+        }
+    }
+
+    let mut again = sentinel_batch();
+    let second = mqtt_decoder().decode_message(topic, payload, NOW_NS, &mut again);
+    match (&result, &second) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "second decode differs"),
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "second decode differs"),
+        _ => panic!("second decode differs: {result:?} then {second:?}"),
+    }
+    assert_eq!(batch, again, "second decode appended different rows");
+}
+
+/// After an accepted STATE message: the remembered relay state is what a simple model
+/// reads from the payload (when the payload is plain enough for the model), and the
+/// plug's next SENSOR reading carries it.
+fn check_relay_cache(decoder: &mut MqttDecoder, device_id: &str, payload: &[u8]) {
+    let remembered = decoder.relay_state(device_id);
+    assert!(
+        decoder.remembered_relays() <= 1,
+        "one STATE, several plugs remembered"
+    );
+    let literal_keys = payload.windows(5).filter(|w| *w == b"POWER").count();
+    if let (1, Ok(serde_json::Value::Object(state))) = (
+        literal_keys,
+        serde_json::from_slice::<serde_json::Value>(payload),
+    ) {
+        let mut keys = ["POWER", "POWER1"].into_iter().filter_map(|k| state.get(k));
+        if let (Some(value), None) = (keys.next(), keys.next()) {
+            let model = match value {
+                serde_json::Value::Bool(b) => Some(*b),
+                serde_json::Value::String(s) => Some(s.eq_ignore_ascii_case("on")),
+                serde_json::Value::Number(n) => Some(n.as_f64() == Some(1.0)),
+                _ => None,
+            };
+            assert_eq!(remembered, model, "relay state remembered");
+        }
+    }
+    let topic = format!("tele/{device_id}/SENSOR");
+    let sensor = br#"{"ENERGY":{"Total":1.5,"Power":10,"Voltage":230,"Current":0.05}}"#;
+    let mut batch = ReadingBatch::new();
+    match decoder.decode_message(&topic, sensor, NOW_NS, &mut batch) {
+        Ok(1) => assert_eq!(batch.relay_on[0], remembered, "SENSOR reading's relay"),
+        other => panic!("SENSOR after STATE: {other:?}"),
+    }
 }
 
 /// A batch that already holds one row, so rollback to a non-empty length is checked.

@@ -204,18 +204,27 @@ pub fn decode_json_readings(
 }
 
 fn invalid_utf8(body: &[u8], valid_up_to: usize) -> JsonError {
-    let before = &body[..valid_up_to];
+    let (line, column) = line_column(body, valid_up_to);
+    JsonError::InvalidUtf8 {
+        at: Position {
+            index: None,
+            line,
+            column,
+        },
+    }
+}
+
+/// The 1-based line and column of byte `offset` of `body`.
+pub(crate) fn line_column(body: &[u8], offset: usize) -> (usize, usize) {
+    let before = &body[..offset.min(body.len())];
     let line_start = before
         .iter()
         .rposition(|&b| b == b'\n')
         .map_or(0, |i| i + 1);
-    JsonError::InvalidUtf8 {
-        at: Position {
-            index: None,
-            line: 1 + before.iter().filter(|&&b| b == b'\n').count(),
-            column: 1 + valid_up_to - line_start,
-        },
-    }
+    (
+        1 + before.iter().filter(|&&b| b == b'\n').count(),
+        1 + before.len() - line_start,
+    )
 }
 
 /// A refusal raised inside the visitors, waiting for `serde_json` to supply the position.
@@ -308,6 +317,7 @@ macro_rules! visit_scalars {
         }
     };
 }
+pub(crate) use visit_scalars;
 
 /// The whole body: an array of readings or one reading.
 struct Body<'s, 'o>(&'s mut State<'o>);
@@ -440,13 +450,13 @@ impl Visitor<'_> for KeySeed {
 
 /// A string value: borrowed from the body, or unescaped into the scratch buffer.
 #[derive(Debug, Clone)]
-enum Text<'de> {
+pub(crate) enum Text<'de> {
     Borrowed(&'de str),
     Scratch(Range<usize>),
 }
 
 impl<'de> Text<'de> {
-    fn get<'s>(&self, scratch: &'s str) -> &'s str
+    pub(crate) fn get<'s>(&self, scratch: &'s str) -> &'s str
     where
         'de: 's,
     {
@@ -459,7 +469,7 @@ impl<'de> Text<'de> {
 
 /// Any JSON value, kept only as far as a reading needs it.
 #[derive(Debug, Clone)]
-enum Scalar<'de> {
+pub(crate) enum Scalar<'de> {
     Null,
     Bool(bool),
     I64(i64),
@@ -471,7 +481,7 @@ enum Scalar<'de> {
 }
 
 impl Scalar<'_> {
-    fn found(&self, scratch: &str) -> Found {
+    pub(crate) fn found(&self, scratch: &str) -> Found {
         match self {
             Self::Null => Found::Null,
             Self::Bool(b) => Found::Bool(*b),
@@ -485,7 +495,7 @@ impl Scalar<'_> {
     }
 }
 
-struct ScalarSeed<'s>(&'s mut String);
+pub(crate) struct ScalarSeed<'s>(pub(crate) &'s mut String);
 
 impl<'de> DeserializeSeed<'de> for ScalarSeed<'_> {
     type Value = Scalar<'de>;
@@ -688,9 +698,9 @@ fn number(field: &'static str, value: &Scalar<'_>, scratch: &str) -> Result<f64,
 }
 
 /// Integers below this many units are seconds, then milliseconds, then microseconds.
-const SECONDS_BELOW: u64 = 100_000_000_000;
-const MILLIS_BELOW: u64 = 100_000_000_000_000;
-const MICROS_BELOW: u64 = 100_000_000_000_000_000;
+pub(crate) const SECONDS_BELOW: u64 = 100_000_000_000;
+pub(crate) const MILLIS_BELOW: u64 = 100_000_000_000_000;
+pub(crate) const MICROS_BELOW: u64 = 100_000_000_000_000_000;
 
 /// An integer timestamp in nanoseconds, its unit chosen by magnitude.
 fn integer_timestamp(v: u64) -> Option<i64> {

@@ -2,20 +2,23 @@
 //!
 //! This crate is the first step of the write path. The HTTP API hands it a body —
 //! InfluxDB line protocol ([`decode_line_protocol`]) or JSON readings
-//! ([`decode_json_readings`]) — and it appends the decoded readings to a
+//! ([`decode_json_readings`]) — and the MQTT subscriber a message ([`MqttDecoder`]:
+//! WattDB's JSON, Tasmota and Shelly payloads); it appends the decoded readings to a
 //! [`ReadingBatch`], which the engine then writes to the WAL, acknowledges once durable
-//! and makes queryable. It knows nothing of durability, buffering or HTTP: a decoder
-//! either appends every reading of a request or, on the first bad line or element,
-//! leaves the batch as it was and returns an error whose message is meant to be shown
-//! to the client as it is.
+//! and makes queryable. It knows nothing of durability, buffering, HTTP or MQTT
+//! connections: a decoder either appends every reading of a request or message or, on
+//! the first bad line or element, leaves the batch as it was and returns an error whose
+//! message is meant to be shown to the client (or logged) as it is.
 //!
 //! ```text
-//! api ──body──► ingest::decode_* ──ReadingBatch──► engine (WAL, buffer) ──► storage
+//! api ──body──────► ingest::decode_*          ─┐
+//! broker ─message─► ingest::MqttDecoder        ─┴─ReadingBatch──► engine (WAL, buffer)
 //! ```
 //!
 //! Module map:
 //! - [`line_protocol`]: `/api/v2/write` and `/write` bodies, [`Precision`].
-//! - [`json`]: `/api/v1/readings` bodies and MQTT JSON payloads.
+//! - [`json`]: `/api/v1/readings` bodies.
+//! - [`mqtt`]: MQTT messages: topic routing ([`TopicRouter`]) and the payload formats.
 //! - [`error`]: pieces shared by the error messages ([`Snippet`], [`Expected`]).
 //! - [`fuzzing`]: invariant checks run by the fuzz targets and the corpus tests.
 
@@ -23,8 +26,10 @@ pub mod error;
 pub mod fuzzing;
 pub mod json;
 pub mod line_protocol;
+pub mod mqtt;
 
 pub use error::{Expected, Snippet};
 pub use json::{Found, JsonError, Position, TimestampProblem, decode_json_readings};
 pub use line_protocol::{LineProtocolError, Precision, UnknownPrecision, decode_line_protocol};
+pub use mqtt::{MqttDecodeError, MqttDecoder, MqttDecoderConfig, PayloadFormat, TopicRouter};
 pub use wattdb_storage::ReadingBatch;

@@ -53,6 +53,11 @@ mod corpus {
         replay("json_readings", wattdb_ingest::fuzzing::json_readings);
     }
 
+    #[test]
+    fn mqtt_payload_corpus() {
+        replay("mqtt_payload", wattdb_ingest::fuzzing::mqtt_payload);
+    }
+
     fn decode_lp(data: &[u8]) -> Result<usize, String> {
         let mut batch = wattdb_ingest::ReadingBatch::new();
         wattdb_ingest::decode_line_protocol(
@@ -70,6 +75,15 @@ mod corpus {
             .map_err(|e| e.to_string())
     }
 
+    fn decode_mqtt(data: &[u8]) -> Result<usize, String> {
+        let (topic, payload) = wattdb_ingest::fuzzing::split_mqtt_input(data);
+        let topic = std::str::from_utf8(topic).map_err(|e| e.to_string())?;
+        let mut batch = wattdb_ingest::ReadingBatch::new();
+        wattdb_ingest::fuzzing::mqtt_decoder()
+            .decode_message(topic, payload, wattdb_ingest::fuzzing::NOW_NS, &mut batch)
+            .map_err(|e| e.to_string())
+    }
+
     /// A decoder reduced to its outcome.
     type Decode = fn(&[u8]) -> Result<usize, String>;
 
@@ -77,8 +91,11 @@ mod corpus {
     /// named `err_*` are refused.
     #[test]
     fn corpus_names_match_outcomes() {
-        let decoders: [(&str, Decode); 2] =
-            [("line_protocol", decode_lp), ("json_readings", decode_json)];
+        let decoders: [(&str, Decode); 3] = [
+            ("line_protocol", decode_lp),
+            ("json_readings", decode_json),
+            ("mqtt_payload", decode_mqtt),
+        ];
         for (target, decode) in decoders {
             for path in corpus_files(target) {
                 let name = path
@@ -139,6 +156,12 @@ mod mutations {
         b"-0",
         b".",
         b"\t",
+        b"/",
+        b"ENERGY",
+        b"POWER",
+        b"apower",
+        b"aenergy",
+        b"\"on\"",
     ];
 
     /// xorshift64*: deterministic, no dependency.
@@ -226,5 +249,10 @@ mod mutations {
     #[test]
     fn json_readings_mutations() {
         run("json_readings", wattdb_ingest::fuzzing::json_readings);
+    }
+
+    #[test]
+    fn mqtt_payload_mutations() {
+        run("mqtt_payload", wattdb_ingest::fuzzing::mqtt_payload);
     }
 }
