@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 use wattdb_api::{ApiConfig, AppState};
-use wattdb_engine::{Engine, EngineConfig};
+use wattdb_engine::{Engine, EngineConfig, S3Config, Store, StoreConfig};
 use wattdb_query::{QueryConfig, QueryEngine};
 use wattdb_storage::wal;
 
@@ -72,6 +72,47 @@ struct ServeArgs {
     /// Longest a query may run, in seconds.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     query_timeout_s: u64,
+    /// Persist the buffer to Parquet at least this often, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    persist_interval_s: u64,
+    /// ... and as soon as the buffer holds this much, in MiB.
+    #[arg(long, default_value_t = 512, value_name = "MIB")]
+    persist_mib: usize,
+    /// Keep Parquet files in this S3-compatible bucket instead of the data directory.
+    /// Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and the other
+    /// usual AWS_* variables).
+    #[arg(long, env = "WATTDB_S3_BUCKET", value_name = "BUCKET")]
+    s3_bucket: Option<String>,
+    /// S3 endpoint, for S3-compatible servers (e.g. http://127.0.0.1:9000).
+    #[arg(
+        long,
+        env = "WATTDB_S3_ENDPOINT",
+        value_name = "URL",
+        requires = "s3_bucket"
+    )]
+    s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION, else us-east-1).
+    #[arg(long, env = "WATTDB_S3_REGION", requires = "s3_bucket")]
+    s3_region: Option<String>,
+    /// Key prefix under which WattDB's layout starts in the bucket.
+    #[arg(
+        long,
+        env = "WATTDB_S3_PREFIX",
+        default_value = "",
+        requires = "s3_bucket"
+    )]
+    s3_prefix: String,
+    /// Allow a plain-http S3 endpoint (local test servers).
+    #[arg(long, env = "WATTDB_S3_ALLOW_HTTP", requires = "s3_bucket")]
+    s3_allow_http: bool,
+    /// Timeout of one S3 request, in seconds (retried with backoff within 4x that).
+    #[arg(
+        long,
+        default_value_t = 30,
+        value_name = "SECONDS",
+        requires = "s3_bucket"
+    )]
+    s3_timeout_s: u64,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -247,12 +288,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "authentication is not available in this build yet; start with --without-auth to accept unauthenticated requests (local experiments only)"
         );
     }
+    let store = match &args.s3_bucket {
+        None => None,
+        Some(bucket) => {
+            let config = StoreConfig::S3(S3Config {
+                endpoint: args.s3_endpoint.clone(),
+                region: args.s3_region.clone(),
+                bucket: bucket.clone(),
+                prefix: args.s3_prefix.clone(),
+                allow_http: args.s3_allow_http,
+                request_timeout: Duration::from_secs(args.s3_timeout_s.max(1)),
+                ..S3Config::default()
+            });
+            Some(Store::open(&config).context("invalid S3 settings")?)
+        }
+    };
     let engine_config = EngineConfig {
         data_dir: args.data_dir.clone(),
         group_commit_window: Duration::from_millis(args.group_commit_ms),
         wal_segment_size: args.wal_segment_mib.max(1) << 20,
         queue_capacity: args.write_queue.max(1),
         max_buffer_bytes: args.max_buffer_mib << 20,
+        store,
+        persist_interval: Duration::from_secs(args.persist_interval_s.max(1)),
+        persist_bytes: args.persist_mib.max(1) << 20,
         ..EngineConfig::default()
     };
     let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config))

@@ -11,3 +11,5 @@ mod crash;
 mod http;
 #[path = "integration/loadgen.rs"]
 mod loadgen;
+#[path = "integration/persist.rs"]
+mod persist;

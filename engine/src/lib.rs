@@ -59,7 +59,8 @@ pub use error::{Error, Result};
 pub use persist::{PersistReport, View};
 pub use schema::readings_schema;
 pub use wattdb_storage::{
-    FileMeta, Manifest, ReadingBatch, ReadingRef, Store, StoreConfig, Tier, validate_device_id,
+    FileMeta, Manifest, ReadingBatch, ReadingRef, S3Config, Store, StoreConfig, Tier,
+    validate_device_id,
 };
 
 /// Settings of an [`Engine`]. `Default` gives the embedded defaults.

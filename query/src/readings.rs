@@ -105,7 +105,7 @@ impl TableProvider for ReadingsTable {
             .cloned()
             .collect();
         // Sources and their time (and device) ranges, for the overlap test.
-        let mut boxes: Vec<(i64, i64, Option<(&str, &str)>)> = files
+        let mut boxes: Vec<SourceBox<'_>> = files
             .iter()
             .map(|f| {
                 (
@@ -327,8 +327,11 @@ fn with_rank(schema: &SchemaRef, b: &RecordBatch, rank: u64) -> DfResult<RecordB
     Ok(RecordBatch::try_new(Arc::clone(schema), cols)?)
 }
 
+/// A source's time range and, for files, its device id range.
+type SourceBox<'a> = (i64, i64, Option<(&'a str, &'a str)>);
+
 /// Whether any two sources may hold the same `(device_id, ts)`.
-fn overlapping(boxes: &mut [(i64, i64, Option<(&str, &str)>)]) -> bool {
+fn overlapping(boxes: &mut [SourceBox<'_>]) -> bool {
     if boxes.len() < 2 {
         return false;
     }
@@ -391,43 +394,52 @@ fn time_range(filters: &[Expr]) -> (Option<i64>, Option<i64>) {
     (from, to)
 }
 
-/// The device id range the filters allow (`device_id = 'x'` or `IN (…)`).
+/// The device id range the filters allow: from `device_id = 'x'`, `IN (…)` and `OR`s
+/// of those.
 fn device_range(filters: &[Expr]) -> Option<(String, String)> {
-    for f in filters {
-        match f {
-            Expr::BinaryExpr(BinaryExpr {
-                left,
-                op: Operator::Eq,
-                right,
-            }) => {
-                if let (Expr::Column(c), Expr::Literal(ScalarValue::Utf8(Some(v)), _))
-                | (Expr::Literal(ScalarValue::Utf8(Some(v)), _), Expr::Column(c)) =
-                    (left.as_ref(), right.as_ref())
-                    && c.name == "device_id"
-                {
-                    return Some((v.clone(), v.clone()));
-                }
-            }
-            Expr::InList(l) if !l.negated => {
-                if let Expr::Column(c) = l.expr.as_ref()
-                    && c.name == "device_id"
-                {
-                    let mut values = Vec::new();
-                    for e in &l.list {
-                        match e {
-                            Expr::Literal(ScalarValue::Utf8(Some(v)), _) => values.push(v.clone()),
-                            _ => return None,
-                        }
-                    }
-                    let lo = values.iter().min()?.clone();
-                    let hi = values.iter().max()?.clone();
-                    return Some((lo, hi));
-                }
-            }
-            _ => {}
+    filters.iter().find_map(|f| {
+        let values = device_values(f)?;
+        let lo = values.iter().min()?.clone();
+        let hi = values.iter().max()?.clone();
+        Some((lo, hi))
+    })
+}
+
+/// The device ids an expression limits `device_id` to, if it does.
+fn device_values(e: &Expr) -> Option<Vec<String>> {
+    let literal = |e: &Expr| match e {
+        Expr::Literal(ScalarValue::Utf8(Some(v)) | ScalarValue::Utf8View(Some(v)), _) => {
+            Some(v.clone())
         }
+        _ => None,
+    };
+    let is_device = |e: &Expr| matches!(e, Expr::Column(c) if c.name == "device_id");
+    match e {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) => {
+            if is_device(left) {
+                literal(right).map(|v| vec![v])
+            } else if is_device(right) {
+                literal(left).map(|v| vec![v])
+            } else {
+                None
+            }
+        }
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Or,
+            right,
+        }) => {
+            let mut l = device_values(left)?;
+            l.extend(device_values(right)?);
+            Some(l)
+        }
+        Expr::InList(l) if !l.negated && is_device(&l.expr) => l.list.iter().map(literal).collect(),
+        _ => None,
     }
-    None
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -158,7 +158,8 @@ impl Store {
                             base: 2.0,
                         },
                         max_retries: 5,
-                        retry_timeout: Duration::from_secs(60),
+                        // Bounds a request's retries; the persist loop retries later.
+                        retry_timeout: (timeout * 4).min(Duration::from_secs(60)),
                     });
                 if let Some(e) = &s3.endpoint {
                     // Local S3-compatible servers want path-style requests.

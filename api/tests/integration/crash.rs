@@ -117,15 +117,34 @@ fn sigkill_under_concurrent_writes_loses_no_acknowledged_reading() {
                 std::thread::spawn(move || client(url, id, cycle, stop, ledger, retry))
             })
             .collect();
+        // Persist cycles run all along, so kills also land mid-upload and around the
+        // manifest commit and the WAL release.
+        let persister = {
+            let (url, stop) = (server.url.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let agent = agent();
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = agent.post(&format!("{url}/api/v1/admin/persist")).call();
+                    std::thread::sleep(Duration::from_millis(15));
+                }
+            })
+        };
         std::thread::sleep(Duration::from_millis(rng.random_range(20..300)));
         server.kill();
         stop.store(true, Ordering::Relaxed);
         for (id, h) in handles.into_iter().enumerate() {
             retries[id] = h.join().unwrap();
         }
+        persister.join().unwrap();
         server.restart();
         verify(&server, &ledger.lock().unwrap(), cycle);
     }
+    let persisted = server.sql("SELECT 1 FROM readings LIMIT 1");
+    assert_eq!(persisted.len(), 1);
+    assert!(
+        dir.path().join("data/readings/resolution=raw").is_dir(),
+        "persist cycles ran during the test"
+    );
     let l = ledger.lock().unwrap();
     eprintln!(
         "crash test: {} readings acknowledged, {} in doubt at a kill, all verified",

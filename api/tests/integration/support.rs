@@ -12,16 +12,26 @@ pub struct Server {
     pub url: String,
     pub data_dir: PathBuf,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
     /// Starts `wattdb serve` on a free loopback port with data in `data_dir`.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(data_dir, extra, &[])
+    }
+
+    /// Like [`Server::start`], with environment variables for the server process.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut s = Server {
             child: None,
             url: String::new(),
             data_dir: data_dir.to_owned(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.spawn();
         s
@@ -37,6 +47,7 @@ impl Server {
             .args(serve_args())
             .arg(&self.data_dir)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -100,7 +111,12 @@ impl Server {
     /// Runs SQL and returns the rows as JSON objects; panics on any error.
     pub fn sql(&self, sql: &str) -> Vec<Value> {
         let (status, body) = self.query(sql, "json");
-        assert_eq!(status, 200, "{sql}: {body}");
+        assert_eq!(
+            status,
+            200,
+            "{sql}: {body}\nserver log:\n{}",
+            self.log_tail()
+        );
         serde_json::from_str::<Vec<Value>>(&body)
             .unwrap_or_else(|e| panic!("{e}: {body:.200}\nserver log:\n{}", self.log_tail()))
     }
