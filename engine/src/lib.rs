@@ -7,7 +7,7 @@
 //! ```text
 //!  writers (HTTP, MQTT)                                    queries
 //!        │ Engine::write(batch)                                ▲
-//!        ▼                                                     │ Engine::snapshot
+//!        ▼                                                     │ Engine::read_view
 //!  bounded lock-free queue ──full──► Error::QueueFull (retry)  │
 //!        │                                                     │
 //!        ▼  WAL writer thread (one)                            │
@@ -437,12 +437,6 @@ impl Engine {
             }),
             Err(TrySendError::Disconnected(_)) => Err(Error::ShuttingDown),
         }
-    }
-
-    /// Acknowledged readings whose time may fall in `[from, to]` (nanoseconds, inclusive;
-    /// `None` = unbounded). Record batches are shared, not copied.
-    pub fn snapshot(&self, from: Option<i64>, to: Option<i64>) -> Vec<RecordBatch> {
-        self.inner.shared.buffer.read().snapshot(from, to)
     }
 
     /// What a query over `[from, to]` reads: buffer rows, rows being persisted and the

@@ -33,7 +33,8 @@ fn batch(device: &str, from: i64, n: usize) -> ReadingBatch {
 
 fn total_rows(engine: &Engine) -> usize {
     engine
-        .snapshot(None, None)
+        .read_view(None, None)
+        .buffer
         .iter()
         .map(|b| b.num_rows())
         .sum()
@@ -82,7 +83,7 @@ async fn duplicates_resolve_to_the_last_write_after_replay_too() {
     again.power[0] = -7.0;
     engine.write(again).await.unwrap();
     let check = |engine: &Engine| {
-        let snap = engine.snapshot(None, None);
+        let snap = engine.read_view(None, None).buffer;
         let powers: Vec<f64> = snap
             .iter()
             .flat_map(|b| b.column(4).as_primitive::<Float64Type>().values().to_vec())
