@@ -12,6 +12,7 @@
 mod admin;
 pub mod error;
 pub mod metrics;
+pub mod mqtt;
 mod query;
 mod write;
 
@@ -52,6 +53,8 @@ pub struct AppState {
     pub engine: Engine,
     pub query: Arc<QueryEngine>,
     pub metrics: Arc<metrics::ApiMetrics>,
+    /// The MQTT subscriber's counters, when it runs.
+    pub mqtt: Option<Arc<wattdb_ingest::subscriber::SubscriberStats>>,
 }
 
 impl AppState {
@@ -60,6 +63,7 @@ impl AppState {
             engine,
             query: Arc::new(query),
             metrics: Arc::default(),
+            mqtt: None,
         }
     }
 }

@@ -7,8 +7,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tracing::{info, warn};
+use wattdb_api::mqtt::{EmbeddedBroker, EngineSink};
 use wattdb_api::{ApiConfig, AppState};
 use wattdb_engine::{Engine, EngineConfig, S3Config, Store, StoreConfig};
+use wattdb_ingest::mqtt::Route;
+use wattdb_ingest::subscriber::{Subscriber, SubscriberConfig};
+use wattdb_ingest::{MqttDecoderConfig, TopicRouter};
 use wattdb_query::{QueryConfig, QueryEngine};
 use wattdb_storage::wal;
 
@@ -23,10 +27,13 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server: HTTP writes and queries over a durable write-ahead log.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Simulate a fleet of smart plugs writing to a running WattDB, then verify that
     /// every acknowledged reading is stored exactly once.
     Loadgen(LoadgenCli),
+    /// Measure MQTT ingest through a broker: its own delivery ceiling to a subscriber
+    /// that only counts, or a running WattDB's sustained rate (with loss verified).
+    MqttBench(MqttBenchCli),
     /// Inspect or repair the write-ahead log of a stopped server.
     Wal {
         #[command(subcommand)]
@@ -113,9 +120,84 @@ struct ServeArgs {
         requires = "s3_bucket"
     )]
     s3_timeout_s: u64,
+    #[command(flatten)]
+    mqtt: MqttArgs,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+}
+
+/// MQTT ingest. Without --mqtt-url, WattDB starts an embedded broker on --mqtt-listen
+/// and subscribes to it, so plugs can publish straight to WattDB.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "MQTT ingest")]
+struct MqttArgs {
+    /// Subscribe to this broker (mqtt://host:port, or mqtts://host:port for TLS)
+    /// instead of starting the embedded one.
+    #[arg(long, env = "WATTDB_MQTT_URL", value_name = "URL")]
+    mqtt_url: Option<String>,
+    /// Address of the embedded broker, started when no --mqtt-url is given.
+    #[arg(
+        long,
+        env = "WATTDB_MQTT_LISTEN",
+        default_value = "127.0.0.1:1883",
+        value_name = "ADDR"
+    )]
+    mqtt_listen: SocketAddr,
+    /// No MQTT ingest: neither the embedded broker nor a subscriber.
+    #[arg(long, conflicts_with = "mqtt_url")]
+    no_mqtt: bool,
+    /// Client id at the broker; it names WattDB's persistent session, so it must be
+    /// unique per WattDB node and stable across restarts [default: wattdb-HOSTNAME].
+    #[arg(long, env = "WATTDB_MQTT_CLIENT_ID", value_name = "ID")]
+    mqtt_client_id: Option<String>,
+    #[arg(long, env = "WATTDB_MQTT_USERNAME", value_name = "USER")]
+    mqtt_username: Option<String>,
+    #[arg(
+        long,
+        env = "WATTDB_MQTT_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    mqtt_password: Option<String>,
+    /// PEM file with the CA certificates that sign the broker's certificate
+    /// (mqtts://); without it the system's roots are trusted.
+    #[arg(long, value_name = "FILE")]
+    mqtt_ca_file: Option<PathBuf>,
+    /// Topic filter to subscribe to (repeatable) [default: one per route].
+    #[arg(long = "mqtt-topic", value_name = "FILTER")]
+    mqtt_topics: Vec<String>,
+    /// Which topics carry which payloads, PATTERN=FORMAT (repeatable; replaces the
+    /// defaults). FORMAT: smartplug-json, tasmota-sensor, tasmota-state, shelly-switch
+    /// [default: smartplug/{device_id}/telemetry=smartplug-json,
+    /// tele/{device_id}/SENSOR=tasmota-sensor, tele/{device_id}/STATE=tasmota-state,
+    /// {device_id}/status/switch:0=shelly-switch].
+    #[arg(long = "mqtt-route", value_name = "PATTERN=FORMAT")]
+    mqtt_routes: Vec<Route>,
+    /// Subscribe as $share/GROUP/FILTER, so that the WattDB nodes of a group split the
+    /// fleet's messages.
+    #[arg(long, value_name = "GROUP")]
+    mqtt_share_group: Option<String>,
+    /// QoS of the subscription. 1: a message is acknowledged once its readings are
+    /// durable. 0: no acknowledgements; messages in flight at a crash are lost.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    mqtt_qos: u8,
+    /// Start with a clean session: the broker forgets what it queued for WattDB while
+    /// it was away.
+    #[arg(long)]
+    mqtt_clean_session: bool,
+    /// Republish bad messages to TOPIC/REASON/ORIGINAL_TOPIC.
+    #[arg(long, value_name = "TOPIC")]
+    mqtt_dead_letter_topic: Option<String>,
+    /// Largest payload decoded; larger messages are skipped as too_large.
+    #[arg(long, default_value_t = 1024, value_name = "KIB")]
+    mqtt_max_payload_kib: usize,
+    /// Readings gathered into one write.
+    #[arg(long, default_value_t = 8192, value_name = "READINGS")]
+    mqtt_batch_readings: usize,
+    /// Longest a message waits for its batch to fill before the write starts.
+    #[arg(long, default_value_t = 5, value_name = "MS")]
+    mqtt_batch_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -166,6 +248,65 @@ struct LoadgenCli {
     /// Print one JSON object instead of the human summary (no progress line).
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct MqttBenchCli {
+    /// The broker to publish to.
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883", value_name = "URL")]
+    broker: String,
+    /// Measure this WattDB (subscribed to the broker) instead of the broker alone.
+    #[arg(long, value_name = "URL")]
+    wattdb: Option<String>,
+    /// QoS of the published messages (and of the null subscriber).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// Readings per message: 1 publishes single objects, more publish JSON arrays.
+    #[arg(long, default_value_t = 1)]
+    per_message: usize,
+    /// Simulated plugs.
+    #[arg(long, default_value_t = 10_000)]
+    plugs: u32,
+    /// Simulated seconds: the run publishes plugs x seconds readings.
+    #[arg(long, default_value_t = 30)]
+    seconds: u32,
+    /// Publishing connections.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Print one JSON object instead of the human summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn mqtt_bench(cli: MqttBenchCli) -> anyhow::Result<()> {
+    let addr = wattdb_ingest::subscriber::BrokerAddr::parse(&cli.broker)?;
+    if addr.tls {
+        bail!("mqtt-bench publishes over plain TCP; give an mqtt:// broker URL");
+    }
+    let args = wattdb_benches::mqtt::MqttBenchArgs {
+        host: addr.host,
+        port: addr.port,
+        target: match cli.wattdb {
+            Some(url) => wattdb_benches::mqtt::Target::Wattdb(url.trim_end_matches('/').to_owned()),
+            None => wattdb_benches::mqtt::Target::Null,
+        },
+        qos: cli.qos,
+        per_message: cli.per_message,
+        plugs: cli.plugs,
+        seconds: cli.seconds,
+        publishers: cli.publishers,
+        ..Default::default()
+    };
+    let report = wattdb_benches::mqtt::run(&args).context("MQTT benchmark failed")?;
+    if cli.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        report.print_human();
+    }
+    if report.lost.unwrap_or(0) > 0 || report.duplicated.unwrap_or(0) > 0 {
+        std::process::exit(2);
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -259,9 +400,10 @@ fn main() -> anyhow::Result<()> {
                 .thread_name("wattdb")
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(serve(args))
+            runtime.block_on(serve(*args))
         }
         Command::Loadgen(cli) => loadgen(cli),
+        Command::MqttBench(cli) => mqtt_bench(cli),
         Command::Wal { command } => {
             init_tracing(LogFormat::Text);
             wal_command(command)
@@ -326,7 +468,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..QueryConfig::default()
         },
     );
-    let state = AppState::new(engine.clone(), query);
+    let mut state = AppState::new(engine.clone(), query);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mqtt = match mqtt_subscriber(&args.mqtt, &engine)? {
+        Some(subscriber) => {
+            state.mqtt = Some(subscriber.stats());
+            let stop = stopped();
+            Some(tokio::spawn(subscriber.run(stop)))
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.http_addr))?;
@@ -340,15 +497,97 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let api = ApiConfig {
         max_body_bytes: args.max_body_bytes,
     };
-    wattdb_api::serve(listener, state, &api, shutdown_signal())
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    wattdb_api::serve(listener, state, &api, stopped())
         .await
         .context("HTTP server failed")?;
+    if let Some(mqtt) = mqtt {
+        match mqtt.await {
+            Ok(Ok(())) => info!("MQTT subscriber stopped"),
+            Ok(Err(error)) => warn!(%error, "MQTT subscriber failed"),
+            Err(error) => warn!(%error, "MQTT subscriber panicked"),
+        }
+    }
     info!("HTTP server stopped; committing queued writes");
     tokio::task::spawn_blocking(move || engine.shutdown())
         .await
         .context("engine shutdown panicked")?;
     info!("WattDB stopped");
     Ok(())
+}
+
+/// The MQTT subscriber `serve` runs, after starting the embedded broker if no broker
+/// URL is given; `None` with --no-mqtt.
+fn mqtt_subscriber(
+    args: &MqttArgs,
+    engine: &Engine,
+) -> anyhow::Result<Option<Subscriber<EngineSink>>> {
+    if args.no_mqtt {
+        return Ok(None);
+    }
+    let max_payload_bytes = args.mqtt_max_payload_kib.max(1) << 10;
+    let url = match &args.mqtt_url {
+        Some(url) => url.clone(),
+        None => {
+            EmbeddedBroker {
+                listen: args.mqtt_listen,
+                max_payload_bytes: max_payload_bytes + (64 << 10),
+                max_connections: 100_000,
+            }
+            .start()?;
+            let mut connect = args.mqtt_listen;
+            if connect.ip().is_unspecified() {
+                connect.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            info!(listen = %args.mqtt_listen, "embedded MQTT broker started");
+            format!("mqtt://{connect}")
+        }
+    };
+    let router = if args.mqtt_routes.is_empty() {
+        TopicRouter::default()
+    } else {
+        TopicRouter::new(args.mqtt_routes.clone())
+    };
+    let config = SubscriberConfig {
+        url,
+        client_id: args
+            .mqtt_client_id
+            .clone()
+            .unwrap_or_else(default_client_id),
+        username: args.mqtt_username.clone(),
+        password: args.mqtt_password.clone(),
+        ca_file: args.mqtt_ca_file.clone(),
+        filters: args.mqtt_topics.clone(),
+        share_group: args.mqtt_share_group.clone(),
+        qos: if args.mqtt_qos == 0 {
+            rumqttc::QoS::AtMostOnce
+        } else {
+            rumqttc::QoS::AtLeastOnce
+        },
+        clean_session: args.mqtt_clean_session,
+        dead_letter_topic: args.mqtt_dead_letter_topic.clone(),
+        max_batch_readings: args.mqtt_batch_readings.max(1),
+        max_batch_delay: Duration::from_millis(args.mqtt_batch_ms),
+        decoder: MqttDecoderConfig {
+            router,
+            max_payload_bytes,
+            ..MqttDecoderConfig::default()
+        },
+        ..SubscriberConfig::default()
+    };
+    let subscriber = Subscriber::new(config, EngineSink(engine.clone()))?;
+    Ok(Some(subscriber))
+}
+
+/// `wattdb-HOSTNAME`, or `wattdb` when the host name cannot be read.
+fn default_client_id() -> String {
+    match std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        Ok(host) if !host.trim().is_empty() => format!("wattdb-{}", host.trim()),
+        _ => "wattdb".to_owned(),
+    }
 }
 
 async fn shutdown_signal() {

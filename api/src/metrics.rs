@@ -88,6 +88,13 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
             load(&m.ingested[i])
         );
     }
+    if let Some(mqtt) = &app.mqtt {
+        let _ = writeln!(
+            out,
+            "wattdb_ingested_readings_total{{path=\"mqtt\"}} {}",
+            load(&mqtt.readings)
+        );
+    }
     metric(
         &mut out,
         "wattdb_write_requests_total",
@@ -281,6 +288,9 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         "Duration of a query, from request to the last byte of the result.",
     );
     m.query_latency.render(&mut out, "wattdb_query_seconds", "");
+    if let Some(mqtt) = &app.mqtt {
+        crate::mqtt::render_metrics(&mut out, mqtt);
+    }
     if let Some(rss) = resident_bytes() {
         metric(
             &mut out,

@@ -11,5 +11,7 @@ mod crash;
 mod http;
 #[path = "integration/loadgen.rs"]
 mod loadgen;
+#[path = "integration/mqtt.rs"]
+mod mqtt;
 #[path = "integration/persist.rs"]
 mod persist;

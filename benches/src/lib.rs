@@ -18,13 +18,17 @@
 //!   scheduled send time, so a slow server cannot hide its queueing) or flat out, then
 //!   verifies with SQL that every acknowledged reading is stored exactly once, and
 //!   returns a [`Report`].
+//! - [`mqtt`]: `wattdb mqtt-bench`, the MQTT path through a real broker: the broker's
+//!   own delivery ceiling to a subscriber that only counts, and WattDB's sustained rate.
 //! - [`histogram`]: the log-bucket latency histogram the report's percentiles come from.
 //!
-//! It is not a client library: it knows only the write routes and the query route.
+//! It is not a client library: it knows only the write routes, the query route,
+//! `/metrics` and MQTT publishing.
 
 pub mod encode;
 pub mod histogram;
 pub mod loadgen;
+pub mod mqtt;
 mod rng;
 pub mod simulator;
 

@@ -146,6 +146,13 @@ impl PersistFaults {
     }
 }
 
+/// A batch the engine would not queue, and why ([`Engine::offer`]).
+#[derive(Debug)]
+pub struct Refused {
+    pub error: Error,
+    pub batch: ReadingBatch,
+}
+
 /// What a durable write returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteReceipt {
@@ -409,11 +416,24 @@ impl Engine {
     }
 
     /// Queues `batch` and returns the receiver of its acknowledgement, for callers that
-    /// pipeline several writes (the MQTT subscriber).
+    /// pipeline several writes.
     pub fn submit(&self, batch: ReadingBatch) -> Result<oneshot::Receiver<Result<WriteReceipt>>> {
+        self.offer(batch).map_err(|refused| refused.error)
+    }
+
+    /// Like [`Engine::submit`], but a refused batch comes back with the error, so a
+    /// caller that cannot drop it (the MQTT subscriber, which has not acknowledged its
+    /// messages yet) can offer it again once the engine has room.
+    pub fn offer(
+        &self,
+        batch: ReadingBatch,
+    ) -> Result<oneshot::Receiver<Result<WriteReceipt>>, Box<Refused>> {
         let shared = &self.inner.shared;
         if shared.poisoned.load(Ordering::Relaxed) {
-            return Err(Error::Poisoned);
+            return Err(Box::new(Refused {
+                error: Error::Poisoned,
+                batch,
+            }));
         }
         let (ack, rx) = oneshot::channel();
         if batch.is_empty() {
@@ -423,7 +443,10 @@ impl Engine {
         let bytes = shared.buffer.read().bytes() + shared.frozen_bytes.load(Ordering::Relaxed);
         let limit = self.inner.config.max_buffer_bytes;
         if bytes >= limit {
-            return Err(Error::BufferFull { bytes, limit });
+            return Err(Box::new(Refused {
+                error: Error::BufferFull { bytes, limit },
+                batch,
+            }));
         }
         let msg = writer::Msg::Write {
             batch,
@@ -432,10 +455,16 @@ impl Engine {
         };
         match self.inner.tx.try_send(msg) {
             Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(Error::QueueFull {
-                capacity: self.inner.config.queue_capacity,
-            }),
-            Err(TrySendError::Disconnected(_)) => Err(Error::ShuttingDown),
+            Err(TrySendError::Full(msg)) => Err(Box::new(Refused {
+                error: Error::QueueFull {
+                    capacity: self.inner.config.queue_capacity,
+                },
+                batch: msg.into_batch(),
+            })),
+            Err(TrySendError::Disconnected(msg)) => Err(Box::new(Refused {
+                error: Error::ShuttingDown,
+                batch: msg.into_batch(),
+            })),
         }
     }
 

@@ -32,6 +32,16 @@ pub(crate) enum Msg {
     Shutdown,
 }
 
+impl Msg {
+    /// The batch of a write that was not queued (only writes are ever refused).
+    pub(crate) fn into_batch(self) -> ReadingBatch {
+        match self {
+            Msg::Write { batch, .. } => batch,
+            Msg::Shutdown => ReadingBatch::new(),
+        }
+    }
+}
+
 pub(crate) struct WriterArgs {
     pub rx: Receiver<Msg>,
     pub wal: WalWriter,

@@ -5,8 +5,8 @@
 //! ([`decode_json_readings`]) — and the MQTT subscriber a message ([`MqttDecoder`]:
 //! WattDB's JSON, Tasmota and Shelly payloads); it appends the decoded readings to a
 //! [`ReadingBatch`], which the engine then writes to the WAL, acknowledges once durable
-//! and makes queryable. It knows nothing of durability, buffering, HTTP or MQTT
-//! connections: a decoder either appends every reading of a request or message or, on
+//! and makes queryable. Apart from the [`subscriber`], it knows nothing of durability,
+//! buffering, HTTP or MQTT connections: a decoder either appends every reading of a request or message or, on
 //! the first bad line or element, leaves the batch as it was and returns an error whose
 //! message is meant to be shown to the client (or logged) as it is.
 //!
@@ -19,6 +19,8 @@
 //! - [`line_protocol`]: `/api/v2/write` and `/write` bodies, [`Precision`].
 //! - [`json`]: `/api/v1/readings` bodies.
 //! - [`mqtt`]: MQTT messages: topic routing ([`TopicRouter`]) and the payload formats.
+//! - [`subscriber`]: the MQTT client that feeds broker messages to the engine, with a
+//!   PUBACK only once their readings are durable.
 //! - [`error`]: pieces shared by the error messages ([`Snippet`], [`Expected`]).
 //! - [`fuzzing`]: invariant checks run by the fuzz targets and the corpus tests.
 
@@ -27,6 +29,7 @@ pub mod fuzzing;
 pub mod json;
 pub mod line_protocol;
 pub mod mqtt;
+pub mod subscriber;
 
 pub use error::{Expected, Snippet};
 pub use json::{Found, JsonError, Position, TimestampProblem, decode_json_readings};

@@ -47,6 +47,7 @@ impl Server {
             .args(serve_args())
             .arg(&self.data_dir)
             .args(&self.extra)
+            .args(self.no_mqtt())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
@@ -68,6 +69,24 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
         self.url = url.to_owned();
         self.child = Some(child);
+    }
+
+    /// Tests that do not say how to do MQTT run without it: the embedded broker's
+    /// default port would be shared between tests.
+    fn no_mqtt(&self) -> Option<&'static str> {
+        let mqtt = self
+            .extra
+            .iter()
+            .any(|a| a.starts_with("--mqtt") || a == "--no-mqtt");
+        (!mqtt).then_some("--no-mqtt")
+    }
+
+    /// The counter or gauge `name` (with its labels, as printed) from `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
     }
 
     /// SIGKILL: the process gets no chance to flush anything.
@@ -143,6 +162,7 @@ pub fn serve_once(data: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_wattdb"))
         .args(serve_args())
         .arg(data)
+        .arg("--no-mqtt")
         .output()
         .unwrap()
 }

@@ -1,0 +1,188 @@
+//! MQTT in the server: the engine as the subscriber's sink, the embedded broker, and
+//! the subscriber's metrics.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use wattdb_engine::{Engine, Error, Refused};
+use wattdb_ingest::MqttDecodeError;
+use wattdb_ingest::subscriber::{Durable, ReadingSink, Refusal, SubscriberStats};
+use wattdb_storage::ReadingBatch;
+
+/// The engine, as the place the MQTT subscriber writes to.
+#[derive(Debug, Clone)]
+pub struct EngineSink(pub Engine);
+
+impl ReadingSink for EngineSink {
+    fn offer(&self, batch: ReadingBatch) -> Result<Durable, Box<Refusal>> {
+        match self.0.offer(batch) {
+            Ok(rx) => Ok(Box::pin(async move {
+                match rx.await {
+                    Ok(Ok(receipt)) => Ok(receipt.rows),
+                    Ok(Err(e)) => Err(chain(&e)),
+                    Err(_) => Err("the engine stopped".to_owned()),
+                }
+            })),
+            Err(refused) => {
+                let Refused { error, batch } = *refused;
+                Err(Box::new(Refusal {
+                    retry: matches!(error, Error::QueueFull { .. } | Error::BufferFull { .. }),
+                    reason: chain(&error),
+                    batch,
+                }))
+            }
+        }
+    }
+}
+
+/// An error with its sources, `a: b: c`.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut s = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let _ = write!(s, ": {e}");
+        source = e.source();
+    }
+    s
+}
+
+/// Settings of the embedded broker.
+#[derive(Debug, Clone)]
+pub struct EmbeddedBroker {
+    pub listen: SocketAddr,
+    /// Largest payload the broker accepts.
+    pub max_payload_bytes: usize,
+    pub max_connections: usize,
+}
+
+impl EmbeddedBroker {
+    /// Starts rumqttd on its own threads. It runs until the process exits.
+    ///
+    /// The port is claimed here first, so a taken port is a clear error rather than a
+    /// log line from the broker's thread.
+    pub fn start(&self) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let probe = std::net::TcpListener::bind(self.listen).with_context(|| {
+            format!(
+                "cannot listen for MQTT on {} (--mqtt-listen); pick another address, point WattDB at a broker with --mqtt-url, or pass --no-mqtt",
+                self.listen
+            )
+        })?;
+        drop(probe);
+        let connections = rumqttd::ConnectionSettings {
+            connection_timeout_ms: 10_000,
+            max_payload_size: self.max_payload_bytes,
+            max_inflight_count: 500,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        };
+        let server = rumqttd::ServerSettings {
+            name: "wattdb-mqtt".into(),
+            listen: self.listen,
+            tls: None,
+            next_connection_delay_ms: 0,
+            connections,
+        };
+        let config = rumqttd::Config {
+            id: 0,
+            router: rumqttd::RouterConfig {
+                max_connections: self.max_connections,
+                max_outgoing_packet_count: 1000,
+                max_segment_size: 64 << 20,
+                max_segment_count: 4,
+                custom_segment: None,
+                initialized_filters: None,
+                shared_subscriptions_strategy: Default::default(),
+            },
+            v4: Some(HashMap::from([("1".to_owned(), server)])),
+            v5: None,
+            ws: None,
+            cluster: None,
+            console: None,
+            bridge: None,
+            prometheus: None,
+            metrics: None,
+        };
+        let mut broker = rumqttd::Broker::new(config);
+        std::thread::Builder::new()
+            .name("wattdb-mqtt-broker".into())
+            .spawn(move || {
+                if let Err(error) = broker.start() {
+                    tracing::error!(%error, "the embedded MQTT broker stopped");
+                }
+            })
+            .context("cannot start the embedded MQTT broker")?;
+        Ok(())
+    }
+}
+
+/// The subscriber's counters in Prometheus text format.
+pub fn render_metrics(out: &mut String, s: &SubscriberStats) {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut counter = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    };
+    counter(
+        "wattdb_mqtt_messages_total",
+        "MQTT messages received (redeliveries count again).",
+        load(&s.messages),
+    );
+    counter(
+        "wattdb_mqtt_acks_total",
+        "PUBACKs sent, each after the message's readings were durable.",
+        load(&s.acks),
+    );
+    counter(
+        "wattdb_mqtt_connects_total",
+        "Connections made to the MQTT broker.",
+        load(&s.connects),
+    );
+    counter(
+        "wattdb_mqtt_connection_errors_total",
+        "Lost connections and failed connection attempts.",
+        load(&s.connection_errors),
+    );
+    counter(
+        "wattdb_mqtt_backpressure_total",
+        "Times the write path was full and MQTT ingest paused.",
+        load(&s.backpressure),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wattdb_mqtt_rejected_messages_total Bad MQTT messages skipped (and acknowledged), by reason.\n# TYPE wattdb_mqtt_rejected_messages_total counter"
+    );
+    for (i, reason) in MqttDecodeError::REASONS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "wattdb_mqtt_rejected_messages_total{{reason=\"{reason}\"}} {}",
+            load(&s.rejected[i])
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wattdb_mqtt_dead_letters_total Bad messages republished to the dead-letter topic, or dropped because the client queue was full.\n# TYPE wattdb_mqtt_dead_letters_total counter\nwattdb_mqtt_dead_letters_total{{outcome=\"published\"}} {}\nwattdb_mqtt_dead_letters_total{{outcome=\"dropped\"}} {}",
+        load(&s.dead_letters),
+        load(&s.dead_letters_dropped)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wattdb_mqtt_pending_readings Readings decoded from MQTT and not yet durable.\n# TYPE wattdb_mqtt_pending_readings gauge\nwattdb_mqtt_pending_readings {}",
+        load(&s.pending_readings)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wattdb_mqtt_connected 1 while connected to the MQTT broker.\n# TYPE wattdb_mqtt_connected gauge\nwattdb_mqtt_connected {}",
+        u8::from(s.connected.load(Ordering::Relaxed))
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wattdb_mqtt_subscribed 1 once the broker confirmed WattDB's subscription on this connection.\n# TYPE wattdb_mqtt_subscribed gauge\nwattdb_mqtt_subscribed {}",
+        u8::from(s.subscribed.load(Ordering::Relaxed))
+    );
+}

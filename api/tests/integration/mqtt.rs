@@ -1,0 +1,501 @@
+//! MQTT ingest end to end: a real Mosquitto started on a free loopback port, real
+//! MQTT clients (rumqttc, mosquitto_pub) publishing to it, and `wattdb serve`
+//! subscribed; and the embedded broker.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+use crate::support::Server;
+
+/// 2026-11-23T10:00:00Z, in seconds.
+const T0_S: i64 = 1_795_428_000;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Mosquitto broker on a free loopback port, stopped on drop.
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Settings a WattDB deployment needs (see the README): a deep queue for the
+    /// persistent session while WattDB is away, and a wide in-flight window.
+    pub fn start() -> Mosquitto {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_inflight_messages 1000\nmax_queued_messages 1000000\n\
+                 log_dest stderr\nlog_type error\nlog_type warning\n"
+            ),
+        )
+        .unwrap();
+        let bin = if Path::new("/usr/sbin/mosquitto").exists() {
+            "/usr/sbin/mosquitto"
+        } else {
+            "mosquitto"
+        };
+        let log = std::fs::File::create(dir.path().join("mosquitto.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto is installed (apt-get install mosquitto; .ci/run does it)");
+        let broker = Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        };
+        wait_for(
+            Duration::from_secs(10),
+            "mosquitto accepts connections",
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+        broker
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_subscribed(server: &Server) {
+    wait_for(Duration::from_secs(20), "WattDB is subscribed", || {
+        server.metric("wattdb_mqtt_subscribed") == Some(1.0)
+    });
+}
+
+fn count(server: &Server, sql: &str) -> i64 {
+    server.sql(sql)[0]["n"].as_i64().unwrap()
+}
+
+/// Publishes `messages` from one rumqttc client and returns once the broker has them
+/// all (every QoS 1 PUBACK in; QoS 0 messages are followed by a QoS 1 marker, which
+/// the broker handles after them).
+fn publish(port: u16, client_id: &str, qos: QoS, messages: Vec<(String, Vec<u8>)>) {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1 << 24, 1 << 24)
+        .set_inflight(200);
+    let (client, mut connection) = Client::new(options, 1000);
+    let expected = match qos {
+        QoS::AtMostOnce => 1,
+        _ => messages.len() + 1,
+    };
+    let sender = std::thread::spawn(move || {
+        for (topic, payload) in messages {
+            client.publish(topic, qos, false, payload).unwrap();
+        }
+        client
+            .publish("wattdb-test/marker", QoS::AtLeastOnce, false, "x")
+            .unwrap();
+        client
+    });
+    let mut acked = 0;
+    for event in connection.iter() {
+        match event {
+            Ok(Event::Incoming(Packet::PubAck(_))) => {
+                acked += 1;
+                if acked == expected {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => panic!("publisher {client_id}: {e}"),
+        }
+    }
+    let client = sender.join().unwrap();
+    let _ = client.disconnect();
+}
+
+/// Collects the topics of messages published under `filter`.
+fn listen(port: u16, filter: &str) -> Arc<Mutex<Vec<String>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut options = MqttOptions::new("dead-letter-reader", "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut connection) = Client::new(options, 100);
+    client.subscribe(filter, QoS::AtLeastOnce).unwrap();
+    let out = seen.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _client = client;
+        for event in connection.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = ready_tx.send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => out.lock().unwrap().push(p.topic),
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    seen
+}
+
+fn msg(topic: &str, payload: &str) -> (String, Vec<u8>) {
+    (topic.to_owned(), payload.as_bytes().to_vec())
+}
+
+#[test]
+fn every_payload_format_becomes_rows_and_bad_messages_are_skipped() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = broker.url();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--mqtt-url",
+            &url,
+            "--mqtt-client-id",
+            "wattdb-formats",
+            "--mqtt-topic",
+            "smartplug/#",
+            "--mqtt-topic",
+            "tele/+/+",
+            "--mqtt-topic",
+            "+/status/switch:0",
+            "--mqtt-dead-letter-topic",
+            "wattdb/dead",
+        ],
+    );
+    wait_subscribed(&server);
+    let dead = listen(broker.port, "wattdb/dead/#");
+    let ts = T0_S;
+    let good = [
+        msg(
+            "smartplug/plug-1/telemetry",
+            &format!(
+                r#"{{"ts": {ts}, "voltage": 230.1, "current": 0.52, "power": 119.6, "energy": 1234.5, "relay_state": "on"}}"#
+            ),
+        ),
+        msg(
+            "smartplug/gateway-1/telemetry",
+            &format!(
+                r#"[{{"device_id": "plug-2", "ts": {}, "voltage": 229.0, "current": 1.0, "power": 229.0}},
+                    {{"device_id": "plug-2", "ts": "2026-11-23T10:00:01Z", "voltage": 229.5, "current": 1.1, "power": 250.0, "relay_state": false}}]"#,
+                ts * 1000
+            ),
+        ),
+        msg(
+            "tele/tasmota-1/STATE",
+            r#"{"Time": "2026-11-23T11:00:00", "POWER": "ON"}"#,
+        ),
+        msg(
+            "tele/tasmota-1/SENSOR",
+            r#"{"Time": "2026-11-23T11:00:00", "ENERGY": {"Total": 1.5, "Power": 60, "Voltage": 231, "Current": 0.26}}"#,
+        ),
+        msg(
+            "shelly-1/status/switch:0",
+            r#"{"id": 0, "output": true, "apower": 12.5, "voltage": 229.8, "current": 0.06, "aenergy": {"total": 100.25}}"#,
+        ),
+    ];
+    let bad = [
+        msg("smartplug/plug-3/telemetry", "not json"),
+        msg(
+            "smartplug/plug-3/telemetry",
+            r#"{"voltage": "high", "current": 1, "power": 1}"#,
+        ),
+        msg(
+            "smartplug/plug-3/telemetry",
+            r#"{"current": 1, "power": 1}"#,
+        ),
+        msg(
+            "smartplug/plug-3/telemetry",
+            r#"{"voltage": 1, "current": 1, "power": 1e999}"#,
+        ),
+        msg(
+            "smartplug/plug-3/telemetry",
+            r#"{"ts": 4102444800, "voltage": 230, "current": 1, "power": 1}"#,
+        ),
+        msg("smartplug/plug-3/config", r#"{"voltage": 1}"#),
+    ];
+    let all: Vec<_> = good.iter().chain(&bad).cloned().collect();
+    publish(broker.port, "publisher-formats", QoS::AtLeastOnce, all);
+    // A second, different client: Mosquitto's own.
+    let pub_out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1"])
+        .args(["-t", "smartplug/plug-4/telemetry"])
+        .args([
+            "-m",
+            &format!(r#"{{"ts": {ts}, "voltage": 231, "current": 2, "power": 462}}"#),
+        ])
+        .output()
+        .unwrap();
+    assert!(pub_out.status.success(), "{pub_out:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&server, "SELECT COUNT(*) AS n FROM readings") != 6 {
+        assert!(
+            Instant::now() < deadline,
+            "6 readings expected: {:?}\n{}",
+            server.sql("SELECT device_id, ts FROM readings"),
+            server.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rows = server.sql(
+        "SELECT device_id, CAST(ts AS BIGINT) AS ts, voltage, current, power, energy, relay_on \
+         FROM readings ORDER BY device_id, ts",
+    );
+    let by_plug = |plug: &str| -> Vec<&serde_json::Value> {
+        rows.iter().filter(|r| r["device_id"] == plug).collect()
+    };
+    let p1 = by_plug("plug-1");
+    assert_eq!(p1.len(), 1);
+    assert_eq!(p1[0]["ts"], ts * 1_000_000_000);
+    assert_eq!(p1[0]["power"], 119.6);
+    assert_eq!(p1[0]["energy"], 1234.5);
+    assert_eq!(p1[0]["relay_on"], true);
+    let p2 = by_plug("plug-2");
+    assert_eq!(p2.len(), 2);
+    assert_eq!(p2[1]["ts"], (ts + 1) * 1_000_000_000);
+    assert_eq!(p2[1]["relay_on"], false);
+    assert!(p2[0]["relay_on"].is_null());
+    let tasmota = by_plug("tasmota-1");
+    assert_eq!(tasmota.len(), 1);
+    assert_eq!(tasmota[0]["energy"], 1500.0, "Total kWh becomes Wh");
+    assert_eq!(tasmota[0]["relay_on"], true, "from the STATE before it");
+    let shelly = by_plug("shelly-1");
+    assert_eq!(shelly.len(), 1);
+    assert_eq!(shelly[0]["power"], 12.5);
+    assert_eq!(shelly[0]["energy"], 100.25);
+    assert_eq!(by_plug("plug-4").len(), 1);
+    assert!(by_plug("plug-3").is_empty());
+
+    for reason in [
+        "not_json",
+        "wrong_type",
+        "missing_field",
+        "non_finite",
+        "bad_timestamp",
+        "unknown_topic",
+    ] {
+        let name = format!("wattdb_mqtt_rejected_messages_total{{reason=\"{reason}\"}}");
+        assert_eq!(server.metric(&name), Some(1.0), "{name}");
+    }
+    assert_eq!(
+        server.metric("wattdb_ingested_readings_total{path=\"mqtt\"}"),
+        Some(6.0)
+    );
+    // 12 messages, each acknowledged once: good, bad and the STATE alike.
+    wait_for(
+        Duration::from_secs(10),
+        "every message is acknowledged",
+        || server.metric("wattdb_mqtt_acks_total") == Some(12.0),
+    );
+    wait_for(Duration::from_secs(10), "six dead letters arrive", || {
+        dead.lock().unwrap().len() == 6
+    });
+    let dead = dead.lock().unwrap().clone();
+    assert!(dead.contains(&"wattdb/dead/not_json/smartplug/plug-3/telemetry".to_owned()));
+    assert!(dead.contains(&"wattdb/dead/unknown_topic/smartplug/plug-3/config".to_owned()));
+    let log = std::fs::read_to_string(dir.path().join("data.log")).unwrap();
+    assert!(log.contains("bad MQTT message skipped"), "{log}");
+}
+
+/// Publishes `n` readings of `plugs` plugs, one per message, each with its own `ts`.
+fn readings(plugs: usize, n: usize, first_ts: i64) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let plug = i % plugs;
+            let ts = first_ts + (i / plugs) as i64;
+            msg(
+                &format!("smartplug/plug-{plug}/telemetry"),
+                &format!(
+                    r#"{{"ts": {ts}, "voltage": 230.0, "current": 0.5, "power": {}, "energy": {}}}"#,
+                    i % 1000,
+                    i
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn sigkill_mid_stream_loses_nothing_and_stores_each_reading_once() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = broker.url();
+    let args = ["--mqtt-url", &url, "--mqtt-client-id", "wattdb-durability"];
+    let mut server = Server::start(&dir.path().join("data"), &args);
+    wait_subscribed(&server);
+    const N: usize = 30_000;
+    let port = broker.port;
+    let publisher = std::thread::spawn(move || {
+        publish(
+            port,
+            "publisher-durability",
+            QoS::AtLeastOnce,
+            readings(50, N, T0_S),
+        );
+    });
+    // Kill WattDB while the stream is flowing: some readings durable, some in flight.
+    wait_for(Duration::from_secs(30), "ingest is under way", || {
+        server
+            .metric("wattdb_ingested_readings_total{path=\"mqtt\"}")
+            .unwrap_or(0.0)
+            >= 2000.0
+    });
+    let before_kill = server
+        .metric("wattdb_ingested_readings_total{path=\"mqtt\"}")
+        .unwrap();
+    server.kill();
+    assert!(before_kill < N as f64, "killed mid-stream, not after it");
+    // The broker keeps queueing for the persistent session meanwhile.
+    std::thread::sleep(Duration::from_millis(500));
+    server.restart();
+    publisher.join().unwrap();
+    wait_for(Duration::from_secs(60), "every reading is stored", || {
+        count(&server, "SELECT COUNT(*) AS n FROM readings") >= N as i64
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        count(&server, "SELECT COUNT(*) AS n FROM readings"),
+        N as i64
+    );
+    let distinct = count(
+        &server,
+        "SELECT COUNT(*) AS n FROM (SELECT DISTINCT device_id, ts FROM readings)",
+    );
+    assert_eq!(distinct, N as i64);
+    let energy_sum = server.sql("SELECT CAST(SUM(energy) AS BIGINT) AS n FROM readings")[0]["n"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        energy_sum,
+        (N as i64 - 1) * N as i64 / 2,
+        "every reading's own values"
+    );
+}
+
+#[test]
+fn a_full_write_path_withholds_pubacks_until_there_is_room() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = broker.url();
+    // A 1 MiB buffer that only an explicit persist empties.
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--mqtt-url",
+            &url,
+            "--mqtt-client-id",
+            "wattdb-backpressure",
+            "--max-buffer-mib",
+            "1",
+            "--persist-interval-s",
+            "3600",
+            "--persist-mib",
+            "1024",
+        ],
+    );
+    wait_subscribed(&server);
+    const N: usize = 20_000;
+    let port = broker.port;
+    let publisher = std::thread::spawn(move || {
+        publish(
+            port,
+            "publisher-backpressure",
+            QoS::AtLeastOnce,
+            readings(20, N, T0_S),
+        );
+    });
+    wait_for(
+        Duration::from_secs(30),
+        "the write path pushes back",
+        || {
+            server
+                .metric("wattdb_mqtt_backpressure_total")
+                .unwrap_or(0.0)
+                > 0.0
+        },
+    );
+    let stored = count(&server, "SELECT COUNT(*) AS n FROM readings");
+    assert!(stored < N as i64, "the buffer limit held ({stored})");
+    wait_for(Duration::from_secs(120), "every reading is stored", || {
+        let (status, body) = server.post("/api/v1/admin/persist", "application/json", b"");
+        assert_eq!(status, 200, "{body}");
+        count(&server, "SELECT COUNT(*) AS n FROM readings") == N as i64
+    });
+    publisher.join().unwrap();
+    let distinct = count(
+        &server,
+        "SELECT COUNT(*) AS n FROM (SELECT DISTINCT device_id, ts FROM readings)",
+    );
+    assert_eq!(distinct, N as i64);
+}
+
+#[test]
+fn the_embedded_broker_takes_plug_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = Server::start(&dir.path().join("data"), &["--mqtt-listen", &listen]);
+    wait_subscribed(&server);
+    publish(
+        port,
+        "plug-fleet",
+        QoS::AtLeastOnce,
+        readings(10, 500, T0_S),
+    );
+    publish(
+        port,
+        "plug-fleet-qos0",
+        QoS::AtMostOnce,
+        readings(10, 100, T0_S + 1000),
+    );
+    wait_for(Duration::from_secs(20), "600 readings are stored", || {
+        count(&server, "SELECT COUNT(*) AS n FROM readings") == 600
+    });
+
+    // The port is taken now: a second server says so and does not start.
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wattdb"))
+        .args(["serve", "--without-auth", "--http-addr", "127.0.0.1:0"])
+        .args(["--mqtt-listen", &listen, "--data-dir"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&listen) && stderr.contains("--no-mqtt"),
+        "{stderr}"
+    );
+}

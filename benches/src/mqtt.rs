@@ -1,0 +1,395 @@
+//! `wattdb mqtt-bench`: the MQTT path measured through a real broker.
+//!
+//! A simulated fleet's readings are encoded as smart-plug JSON messages (one reading
+//! per message, or arrays of [`MqttBenchArgs::per_message`] as a gateway sends them)
+//! before the clock starts, then published flat out at QoS 0 or 1 from
+//! [`MqttBenchArgs::publishers`] connections. What is timed is delivery to one of two
+//! targets:
+//!
+//! - [`Target::Null`]: the broker's own ceiling. This process subscribes, counts each
+//!   message and does nothing else (at QoS 1 its client acknowledges at once).
+//! - [`Target::Wattdb`]: a running WattDB subscribed to the same broker. Delivery is
+//!   WattDB's `wattdb_ingested_readings_total{path="mqtt"}` (readings durable and
+//!   acknowledged), polled every 20 ms; afterwards SQL counts the distinct
+//!   `(device_id, ts)` of the run to report loss.
+//!
+//! The rate is readings delivered divided by the time from the first publish to the
+//! last delivery.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use serde::Serialize;
+
+use crate::encode_json;
+use crate::loadgen::verify_sql;
+use crate::simulator::{Fleet, FleetConfig};
+
+const NS_PER_S: i64 = 1_000_000_000;
+
+/// What receives the messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A subscriber in this process that only counts.
+    Null,
+    /// A running WattDB at this base URL (`http://127.0.0.1:8181`).
+    Wattdb(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttBenchArgs {
+    /// Broker host and port.
+    pub host: String,
+    pub port: u16,
+    pub target: Target,
+    /// 0 or 1.
+    pub qos: u8,
+    /// Readings per message: 1 sends one object, more send a JSON array.
+    pub per_message: usize,
+    pub plugs: u32,
+    /// Simulated seconds: the run sends `plugs × seconds` readings.
+    pub seconds: u32,
+    pub publishers: usize,
+    pub seed: u64,
+    /// Give up waiting for deliveries after this long without progress.
+    pub idle_timeout: Duration,
+}
+
+impl Default for MqttBenchArgs {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            target: Target::Null,
+            qos: 1,
+            per_message: 1,
+            plugs: 10_000,
+            seconds: 30,
+            publishers: 1,
+            seed: 1,
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MqttBenchReport {
+    pub target: String,
+    pub qos: u8,
+    pub per_message: usize,
+    pub messages: u64,
+    pub readings: u64,
+    /// Seconds until every publisher had its messages accepted by the broker.
+    pub publish_seconds: f64,
+    pub delivered_readings: u64,
+    /// Seconds from the first publish to the last delivery.
+    pub seconds: f64,
+    pub readings_per_second: f64,
+    pub messages_per_second: f64,
+    /// Readings of the run not stored (WattDB target, after the run).
+    pub lost: Option<u64>,
+    /// Readings stored more than once (WattDB target).
+    pub duplicated: Option<u64>,
+}
+
+impl MqttBenchReport {
+    pub fn print_human(&self) {
+        println!(
+            "{} readings in {} messages (QoS {}, {} per message) to {}",
+            self.readings, self.messages, self.qos, self.per_message, self.target
+        );
+        println!("  published in   {:.2} s", self.publish_seconds);
+        println!(
+            "  delivered      {} readings in {:.2} s: {:.0} readings/s, {:.0} messages/s",
+            self.delivered_readings,
+            self.seconds,
+            self.readings_per_second,
+            self.messages_per_second
+        );
+        if let (Some(lost), Some(dup)) = (self.lost, self.duplicated) {
+            println!("  verified       {lost} lost, {dup} duplicated");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttBenchError {
+    #[error("invalid arguments: {0}")]
+    Args(String),
+    #[error("MQTT: {0}")]
+    Mqtt(String),
+    #[error("WattDB at {url}: {reason}")]
+    Wattdb { url: String, reason: String },
+}
+
+/// One publisher's share: (topic, payload) in send order.
+type Messages = Vec<(String, Vec<u8>)>;
+
+pub fn run(args: &MqttBenchArgs) -> Result<MqttBenchReport, MqttBenchError> {
+    if args.qos > 1 || args.per_message == 0 || args.publishers == 0 || args.plugs == 0 {
+        return Err(MqttBenchError::Args(
+            "qos 0 or 1, and at least one reading per message, publisher and plug".into(),
+        ));
+    }
+    let qos = if args.qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let start_ns = (now - i64::from(args.seconds) - 60) * NS_PER_S;
+    let (shares, messages, readings) = encode(args, start_ns);
+    let end_ns = start_ns + i64::from(args.seconds) * NS_PER_S;
+
+    let delivered = Arc::new(AtomicU64::new(0));
+    let baseline = match &args.target {
+        Target::Null => {
+            null_subscriber(args, qos, delivered.clone())?;
+            0
+        }
+        Target::Wattdb(url) => mqtt_readings(url)?,
+    };
+
+    let started = Instant::now();
+    let publishers: Vec<_> = shares
+        .into_iter()
+        .enumerate()
+        .map(|(i, share)| {
+            let (host, port) = (args.host.clone(), args.port);
+            std::thread::spawn(move || publish(&host, port, &format!("bench-pub-{i}"), qos, share))
+        })
+        .collect();
+    let mut publish_error = None;
+    for p in publishers {
+        match p.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => publish_error = Some(e),
+            Err(_) => publish_error = Some(MqttBenchError::Mqtt("publisher panicked".into())),
+        }
+    }
+    if let Some(e) = publish_error {
+        return Err(e);
+    }
+    let publish_seconds = started.elapsed().as_secs_f64();
+
+    // Wait for deliveries until all are in or progress stops.
+    let mut last = (0, Instant::now());
+    let mut last_change = started;
+    loop {
+        let count = match &args.target {
+            Target::Null => delivered.load(Ordering::Relaxed),
+            Target::Wattdb(url) => mqtt_readings(url)?.saturating_sub(baseline),
+        };
+        if count != last.0 {
+            last = (count, Instant::now());
+            last_change = last.1;
+        }
+        if count >= readings || last_change.elapsed() > args.idle_timeout {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (delivered_readings, done) = last;
+    let seconds = done.duration_since(started).as_secs_f64().max(1e-9);
+    let (lost, duplicated) = match &args.target {
+        Target::Null => (None, None),
+        Target::Wattdb(url) => {
+            let (stored, distinct) = stored(url, start_ns, end_ns - 1)?;
+            (
+                Some(readings.saturating_sub(distinct)),
+                Some(stored.saturating_sub(distinct)),
+            )
+        }
+    };
+    Ok(MqttBenchReport {
+        target: match &args.target {
+            Target::Null => "null-subscriber".into(),
+            Target::Wattdb(url) => url.clone(),
+        },
+        qos: args.qos,
+        per_message: args.per_message,
+        messages,
+        readings,
+        publish_seconds,
+        delivered_readings,
+        seconds,
+        readings_per_second: delivered_readings as f64 / seconds,
+        messages_per_second: delivered_readings as f64 / args.per_message as f64 / seconds,
+        lost,
+        duplicated,
+    })
+}
+
+/// The fleet's readings as messages, split between the publishers by plug (so each
+/// plug's readings keep their order). Returns the shares, messages and readings.
+fn encode(args: &MqttBenchArgs, start_ns: i64) -> (Vec<Messages>, u64, u64) {
+    let mut fleet = Fleet::new(FleetConfig {
+        plugs: args.plugs,
+        seed: args.seed,
+        start_ns,
+        ..FleetConfig::default()
+    });
+    let n = args.publishers;
+    let mut shares: Vec<Messages> = vec![Vec::new(); n];
+    // Per publisher: readings gathered for the next array message.
+    let mut open: Vec<(Vec<u8>, usize)> = vec![(Vec::new(), 0); n];
+    let (mut messages, mut readings) = (0u64, 0u64);
+    for _ in 0..args.seconds {
+        fleet.next_second(&mut |r| {
+            let p = r.plug_index as usize % n;
+            readings += 1;
+            if args.per_message == 1 {
+                let mut payload = Vec::with_capacity(200);
+                encode_json(r, &mut payload);
+                shares[p].push((format!("smartplug/{}/telemetry", r.device_id()), payload));
+                messages += 1;
+                return;
+            }
+            let (buf, count) = &mut open[p];
+            buf.push(if *count == 0 { b'[' } else { b',' });
+            encode_json(r, buf);
+            *count += 1;
+            if *count == args.per_message {
+                buf.push(b']');
+                shares[p].push((
+                    format!("smartplug/gateway-{p}/telemetry"),
+                    std::mem::take(buf),
+                ));
+                *count = 0;
+                messages += 1;
+            }
+        });
+    }
+    for (p, (mut buf, count)) in open.into_iter().enumerate() {
+        if count > 0 {
+            buf.push(b']');
+            shares[p].push((format!("smartplug/gateway-{p}/telemetry"), buf));
+            messages += 1;
+        }
+    }
+    (shares, messages, readings)
+}
+
+fn options(client_id: &str, host: &str, port: u16) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id, host, port);
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(64 << 20, 64 << 20)
+        .set_inflight(1000);
+    o
+}
+
+/// Publishes `messages` and returns once the broker accepted them all (QoS 0 ones are
+/// followed by a QoS 1 marker, which the broker handles after them).
+fn publish(
+    host: &str,
+    port: u16,
+    client_id: &str,
+    qos: QoS,
+    messages: Messages,
+) -> Result<(), MqttBenchError> {
+    let (client, mut connection) = Client::new(options(client_id, host, port), 10_000);
+    let expected = match qos {
+        QoS::AtMostOnce => 1,
+        _ => messages.len() + 1,
+    };
+    let sender = std::thread::spawn(move || {
+        for (topic, payload) in messages {
+            if client.publish(topic, qos, false, payload).is_err() {
+                return client;
+            }
+        }
+        let _ = client.publish("wattdb-bench/marker", QoS::AtLeastOnce, false, "x");
+        client
+    });
+    let mut acked = 0;
+    let mut error = None;
+    for event in connection.iter() {
+        match event {
+            Ok(Event::Incoming(Packet::PubAck(_))) => {
+                acked += 1;
+                if acked == expected {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                error = Some(MqttBenchError::Mqtt(format!("{client_id}: {e}")));
+                break;
+            }
+        }
+    }
+    let client = sender
+        .join()
+        .map_err(|_| MqttBenchError::Mqtt("publisher panicked".into()))?;
+    let _ = client.disconnect();
+    error.map_or(Ok(()), Err)
+}
+
+/// Subscribes to the smart-plug topics and counts readings; returns once subscribed.
+fn null_subscriber(
+    args: &MqttBenchArgs,
+    qos: QoS,
+    delivered: Arc<AtomicU64>,
+) -> Result<(), MqttBenchError> {
+    let (client, mut connection) = Client::new(options("bench-null", &args.host, args.port), 100);
+    client
+        .subscribe("smartplug/+/telemetry", qos)
+        .map_err(|e| MqttBenchError::Mqtt(e.to_string()))?;
+    let per_message = args.per_message as u64;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _client = client;
+        for event in connection.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = ready_tx.send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(_))) => {
+                    delivered.fetch_add(per_message, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| MqttBenchError::Mqtt("the null subscriber could not subscribe".into()))
+}
+
+fn wattdb_error(url: &str, reason: impl ToString) -> MqttBenchError {
+    MqttBenchError::Wattdb {
+        url: url.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// WattDB's `wattdb_ingested_readings_total{path="mqtt"}`.
+fn mqtt_readings(url: &str) -> Result<u64, MqttBenchError> {
+    let body = ureq::get(&format!("{url}/metrics"))
+        .call()
+        .map_err(|e| wattdb_error(url, e))?
+        .into_string()
+        .map_err(|e| wattdb_error(url, e))?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("wattdb_ingested_readings_total{path=\"mqtt\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .ok_or_else(|| wattdb_error(url, "no MQTT ingest (is it started with --no-mqtt?)"))
+}
+
+/// Stored and distinct readings of the run's plugs in `[min_ts, max_ts]`.
+fn stored(url: &str, min_ts: i64, max_ts: i64) -> Result<(u64, u64), MqttBenchError> {
+    let body = serde_json::json!({"sql": verify_sql(min_ts, max_ts), "format": "json"});
+    let rows: Vec<serde_json::Value> = ureq::post(&format!("{url}/api/v1/query"))
+        .send_json(body)
+        .map_err(|e| wattdb_error(url, e))?
+        .into_json()
+        .map_err(|e| wattdb_error(url, e))?;
+    let sum = |key: &str| rows.iter().filter_map(|r| r[key].as_u64()).sum::<u64>();
+    Ok((sum("n"), sum("d")))
+}

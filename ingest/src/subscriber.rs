@@ -1,0 +1,973 @@
+//! The MQTT subscriber: broker → [`MqttDecoder`] → a [`ReadingSink`] (the engine).
+//!
+//! At QoS 1 a message is acknowledged (PUBACK) only once every reading in it is durable:
+//! until then the broker keeps it and redelivers it if WattDB goes away. Messages are
+//! decoded into one batch until it holds [`SubscriberConfig::max_batch_readings`] or
+//! [`SubscriberConfig::max_batch_delay`] has passed, so the WAL sees large appends;
+//! the batch's PUBACKs go out, in the order the messages arrived, when its write is
+//! durable. Several batches are in flight at once ([`SubscriberConfig::max_pending_batches`]).
+//!
+//! Two tasks share the connection:
+//!
+//! - the *pump* polls rumqttc's event loop, which reads from the broker, writes the
+//!   PUBACKs and pings, and reconnects with backoff; it forwards messages to
+//! - the *subscriber* loop, which decodes, writes and acknowledges.
+//!
+//! They meet in a bounded channel. When the sink refuses a batch (its queue or buffer
+//! is full), the subscriber stops taking messages and offers the batch again with
+//! backoff; the channel fills, the pump stops reading, and the broker stops sending
+//! once its in-flight window is full of unacknowledged messages. Backpressure is the
+//! withheld PUBACK; nothing is dropped and memory stays bounded.
+//!
+//! Bad messages (see [`MqttDecodeError::reason`]) are counted per reason, logged at
+//! most once per reason every [`LOG_EVERY`], optionally republished to a dead-letter
+//! topic, and acknowledged with the batch they arrived in, so the broker does not
+//! redeliver them forever.
+//!
+//! After a reconnect the broker redelivers what was not acknowledged; the PUBACKs still
+//! owed to the old connection are not sent (rumqttc drops them too). Redelivered
+//! readings that carry their own timestamp overwrite themselves (the engine keeps one
+//! reading per plug and time); readings stamped with their arrival time (Tasmota,
+//! Shelly, or smart-plug JSON without `ts`) are stored again at the new time.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
+    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::ReadingBatch;
+use crate::mqtt::{MqttDecodeError, MqttDecoder, MqttDecoderConfig};
+
+/// A bad message of one reason is logged at most this often (with a count of the ones
+/// skipped silently in between).
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// MQTT's largest packet: the remaining-length field tops out at 256 MiB.
+const MQTT_MAX_PACKET: usize = 268_435_455;
+
+/// What the subscriber hands its batches to; implemented for the engine in `api`.
+pub trait ReadingSink: Send + Sync + 'static {
+    /// Queues `batch`. The future resolves when the batch is durable, with the number
+    /// of readings written, or with an error after which nothing may be acknowledged.
+    /// A refusal gives the batch back ([`Refusal`]).
+    fn offer(&self, batch: ReadingBatch) -> Result<Durable, Box<Refusal>>;
+}
+
+/// Resolves once a batch is durable: `Ok(readings)` or a fatal error message.
+pub type Durable = Pin<Box<dyn Future<Output = Result<usize, String>> + Send>>;
+
+/// A batch the sink did not take (boxed in results: it carries the whole batch).
+pub struct Refusal {
+    pub batch: ReadingBatch,
+    /// `true`: the sink is full for now, offer the batch again later. `false`: it will
+    /// never take it (shutting down, failed); the subscriber stops.
+    pub retry: bool,
+    pub reason: String,
+}
+
+/// Settings of a [`Subscriber`].
+#[derive(Debug, Clone)]
+pub struct SubscriberConfig {
+    /// `mqtt://host[:port]` (plain TCP, port 1883) or `mqtts://host[:port]` (TLS, 8883).
+    pub url: String,
+    /// Must be unique among the broker's clients; it names the persistent session.
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM file of the CA certificates that sign the broker's certificate (`mqtts`);
+    /// without it the system's roots are trusted.
+    pub ca_file: Option<PathBuf>,
+    /// Topic filters; empty: one per route of the decoder's router.
+    pub filters: Vec<String>,
+    /// Subscribe as `$share/{group}/{filter}`, so that WattDB nodes of one group split
+    /// the messages between them.
+    pub share_group: Option<String>,
+    /// 1 (default): PUBACK after the readings are durable. 0: no acknowledgements;
+    /// whatever is in flight when WattDB stops is lost.
+    pub qos: QoS,
+    /// `false` (default): the broker keeps the session, and queues messages for
+    /// WattDB while it is away.
+    pub clean_session: bool,
+    pub keep_alive: Duration,
+    pub max_batch_readings: usize,
+    pub max_batch_delay: Duration,
+    pub max_pending_batches: usize,
+    /// Republish bad messages to `{topic}/{reason}/{original topic}` (QoS 1).
+    pub dead_letter_topic: Option<String>,
+    pub decoder: MqttDecoderConfig,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl Default for SubscriberConfig {
+    fn default() -> Self {
+        Self {
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_id: "wattdb".into(),
+            username: None,
+            password: None,
+            ca_file: None,
+            filters: Vec::new(),
+            share_group: None,
+            qos: QoS::AtLeastOnce,
+            clean_session: false,
+            keep_alive: Duration::from_secs(30),
+            max_batch_readings: 8192,
+            max_batch_delay: Duration::from_millis(5),
+            max_pending_batches: 32,
+            dead_letter_topic: None,
+            decoder: MqttDecoderConfig::default(),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the subscriber could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriberError {
+    #[error("MQTT settings: {0}")]
+    Config(String),
+    #[error("cannot read the MQTT CA file {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+    #[error("the write path refused MQTT readings: {0}")]
+    Sink(String),
+}
+
+/// Counters of the subscriber, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct SubscriberStats {
+    /// Messages received (each redelivery counts again).
+    pub messages: AtomicU64,
+    /// Readings durable.
+    pub readings: AtomicU64,
+    /// Bad messages, per [`MqttDecodeError::REASONS`] (same order).
+    pub rejected: [AtomicU64; MqttDecodeError::REASONS.len()],
+    /// Bad messages republished to the dead-letter topic.
+    pub dead_letters: AtomicU64,
+    /// Bad messages that could not be republished (client queue full).
+    pub dead_letters_dropped: AtomicU64,
+    /// PUBACKs sent to the client.
+    pub acks: AtomicU64,
+    /// Successful connections.
+    pub connects: AtomicU64,
+    /// Lost connections and failed attempts.
+    pub connection_errors: AtomicU64,
+    /// Times the sink was full and a batch had to wait.
+    pub backpressure: AtomicU64,
+    /// Readings decoded but not yet durable.
+    pub pending_readings: AtomicU64,
+    pub connected: AtomicBool,
+    /// Set once the broker confirmed a subscription (or kept the session's).
+    pub subscribed: AtomicBool,
+}
+
+impl SubscriberStats {
+    pub fn rejected(&self, reason: &str) -> u64 {
+        MqttDecodeError::REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.rejected[i].load(Ordering::Relaxed))
+    }
+}
+
+/// Where and how to reach the broker, parsed from [`SubscriberConfig::url`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl BrokerAddr {
+    pub fn parse(url: &str) -> Result<Self, SubscriberError> {
+        let bad = |why: &str| SubscriberError::Config(format!("broker URL {url:?}: {why}"));
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected mqtt://host:port or mqtts://host:port"))?;
+        let (tls, default_port) = match scheme.to_ascii_lowercase().as_str() {
+            "mqtt" | "tcp" => (false, 1883),
+            "mqtts" | "ssl" | "tls" => (true, 8883),
+            _ => return Err(bad("the scheme must be mqtt:// or mqtts://")),
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains(['/', '?', '#', '@']) {
+            return Err(bad(
+                "only host and port belong in the URL (credentials have their own settings)",
+            ));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+                let port = port
+                    .parse::<u16>()
+                    .map_err(|_| bad("the port must be a number from 1 to 65535"))?;
+                (host, port)
+            }
+            _ => (authority, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port == 0 {
+            return Err(bad("missing host or port"));
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+            tls,
+        })
+    }
+}
+
+/// Does the MQTT topic filter `filter` (wildcards `+` and `#`, optionally
+/// `$share/{group}/` in front) match `topic`?
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let filter = match filter.strip_prefix("$share/") {
+        Some(rest) => rest.split_once('/').map_or("", |(_, f)| f),
+        None => filter,
+    };
+    let mut levels = topic.split('/');
+    for part in filter.split('/') {
+        if part == "#" {
+            return true;
+        }
+        match levels.next() {
+            Some(level) if part == "+" || part == level => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
+}
+
+/// Could the filter match some topic below `prefix` (a topic without wildcards)?
+/// Conservative: `true` unless a level of the filter rules the prefix out.
+fn filter_may_match_under(filter: &str, prefix: &str) -> bool {
+    let filter = match filter.strip_prefix("$share/") {
+        Some(rest) => rest.split_once('/').map_or("", |(_, f)| f),
+        None => filter,
+    };
+    let mut parts = filter.split('/');
+    for level in prefix.split('/') {
+        match parts.next() {
+            Some("#") => return true,
+            Some(part) if part == "+" || part == level => {}
+            _ => return false,
+        }
+    }
+    parts.next().is_some()
+}
+
+/// A connected subscriber; [`Subscriber::run`] drives it.
+pub struct Subscriber<S> {
+    config: SubscriberConfig,
+    sink: S,
+    stats: Arc<SubscriberStats>,
+    options: MqttOptions,
+    filters: Vec<SubscribeFilter>,
+}
+
+impl<S: ReadingSink> fmt::Debug for Subscriber<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("url", &self.config.url)
+            .field("client_id", &self.config.client_id)
+            .field("filters", &self.filters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: ReadingSink> Subscriber<S> {
+    /// Checks the settings; connects only when run.
+    pub fn new(config: SubscriberConfig, sink: S) -> Result<Self, SubscriberError> {
+        let addr = BrokerAddr::parse(&config.url)?;
+        if config.client_id.is_empty() {
+            return Err(SubscriberError::Config(
+                "the client id must not be empty".into(),
+            ));
+        }
+        if config.max_batch_readings == 0 || config.max_pending_batches == 0 {
+            return Err(SubscriberError::Config(
+                "batch size and pending batches must be at least 1".into(),
+            ));
+        }
+        let mut filters = if config.filters.is_empty() {
+            config.decoder.router.subscription_filters()
+        } else {
+            config.filters.clone()
+        };
+        if let Some(group) = &config.share_group {
+            if group.is_empty() || group.contains(['/', '+', '#']) {
+                return Err(SubscriberError::Config(format!(
+                    "share group {group:?}: a name without '/', '+' or '#'"
+                )));
+            }
+            filters = filters
+                .into_iter()
+                .map(|f| format!("$share/{group}/{f}"))
+                .collect();
+        }
+        if let Some(dead) = &config.dead_letter_topic {
+            if dead.is_empty() || dead.contains(['+', '#']) {
+                return Err(SubscriberError::Config(format!(
+                    "dead-letter topic {dead:?}: a topic without wildcards"
+                )));
+            }
+            if let Some(f) = filters.iter().find(|f| filter_may_match_under(f, dead)) {
+                return Err(SubscriberError::Config(format!(
+                    "dead-letter topic {dead:?} is covered by the subscription {f:?}: WattDB would read its own dead letters"
+                )));
+            }
+        }
+        let mut options = MqttOptions::new(config.client_id.clone(), addr.host.clone(), addr.port);
+        options
+            .set_keep_alive(config.keep_alive.max(Duration::from_secs(1)))
+            .set_clean_session(config.clean_session)
+            .set_manual_acks(true)
+            // Any packet the broker sends is read: a message over the payload limit
+            // is refused (and acknowledged) by the decoder, never left to be
+            // redelivered forever because the client could not read it.
+            .set_max_packet_size(
+                MQTT_MAX_PACKET,
+                config.decoder.max_payload_bytes + 64 * 1024,
+            )
+            // Room for every PUBACK the broker can be owed (packet ids are 16 bits).
+            .set_request_channel_capacity(70_000)
+            .set_inflight(100);
+        if let Some(user) = &config.username {
+            options.set_credentials(user.clone(), config.password.clone().unwrap_or_default());
+        }
+        if addr.tls {
+            let tls = tls_config(config.ca_file.as_deref())?;
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::new(tls),
+            )));
+        }
+        let filters = filters
+            .into_iter()
+            .map(|f| SubscribeFilter::new(f, config.qos))
+            .collect();
+        Ok(Self {
+            config,
+            sink,
+            stats: Arc::default(),
+            options,
+            filters,
+        })
+    }
+
+    pub fn stats(&self) -> Arc<SubscriberStats> {
+        self.stats.clone()
+    }
+
+    /// The filters subscribed to, with the share group applied.
+    pub fn filters(&self) -> Vec<String> {
+        self.filters.iter().map(|f| f.path.clone()).collect()
+    }
+
+    /// Connects (and reconnects) and ingests until `shutdown` completes or the sink
+    /// fails. On shutdown it waits briefly for the writes in flight and sends their
+    /// PUBACKs; what is not acknowledged then is redelivered on the next start.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), SubscriberError> {
+        let Subscriber {
+            config,
+            sink,
+            stats,
+            options,
+            filters,
+        } = self;
+        info!(
+            url = %config.url,
+            client_id = %config.client_id,
+            filters = ?filters.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+            "MQTT subscriber starting"
+        );
+        let (client, eventloop) = AsyncClient::new(options, 70_000);
+        let (tx, rx) = mpsc::channel(4096);
+        let pump = tokio::spawn(pump(
+            eventloop,
+            client.clone(),
+            tx,
+            filters,
+            stats.clone(),
+            config.reconnect_min,
+            config.reconnect_max,
+        ));
+        let mut state = Loop {
+            decoder: MqttDecoder::new(config.decoder.clone()),
+            config,
+            sink,
+            stats,
+            client,
+            generation: 0,
+            batch: ReadingBatch::new(),
+            owed: Vec::new(),
+            flush_at: None,
+            retry: None,
+            pending: VecDeque::new(),
+            log: LogLimiter::default(),
+        };
+        let result = state.run(rx, shutdown).await;
+        state.drain().await;
+        let _ = state.client.try_disconnect();
+        // Give the pump a moment to send the last PUBACKs and the DISCONNECT.
+        let mut pump = pump;
+        if tokio::time::timeout(Duration::from_secs(2), &mut pump)
+            .await
+            .is_err()
+        {
+            pump.abort();
+        }
+        state.stats.connected.store(false, Ordering::Relaxed);
+        result
+    }
+}
+
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, SubscriberError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let ca_error = |reason: String| SubscriberError::CaFile {
+                path: path.to_owned(),
+                reason,
+            };
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| ca_error(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ca_error(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ca_error("no PEM certificate in it".into()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(SubscriberError::Config(
+                    "mqtts:// without a CA file, and the system has no root certificates".into(),
+                ));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SubscriberError::Config(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// What the pump forwards.
+enum Incoming {
+    Connected {
+        generation: u64,
+        session_present: bool,
+    },
+    Message {
+        generation: u64,
+        publish: Publish,
+    },
+    SubscribeRefused {
+        filter: String,
+    },
+}
+
+/// Polls the event loop until the subscriber loop goes away.
+async fn pump(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    tx: mpsc::Sender<Incoming>,
+    filters: Vec<SubscribeFilter>,
+    stats: Arc<SubscriberStats>,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+) {
+    let mut backoff = reconnect_min;
+    let mut generation = 0;
+    let mut subscribing: VecDeque<Vec<String>> = VecDeque::new();
+    loop {
+        let forward = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff = reconnect_min;
+                generation += 1;
+                stats.connects.fetch_add(1, Ordering::Relaxed);
+                stats.connected.store(true, Ordering::Relaxed);
+                // A kept session keeps its subscriptions; subscribing again would
+                // make the broker resend its retained messages.
+                stats
+                    .subscribed
+                    .store(ack.session_present, Ordering::Relaxed);
+                if !ack.session_present {
+                    subscribing.push_back(filters.iter().map(|f| f.path.clone()).collect());
+                    if let Err(e) = client.try_subscribe_many(filters.clone()) {
+                        error!(error = %e, "cannot queue the MQTT subscription");
+                    }
+                }
+                Incoming::Connected {
+                    generation,
+                    session_present: ack.session_present,
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => Incoming::Message {
+                generation,
+                publish,
+            },
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let paths = subscribing.pop_front().unwrap_or_default();
+                let refused: Vec<_> = ack
+                    .return_codes
+                    .iter()
+                    .zip(paths)
+                    .filter(|(code, _)| matches!(code, SubscribeReasonCode::Failure))
+                    .map(|(_, path)| path)
+                    .collect();
+                if refused.len() < ack.return_codes.len() {
+                    stats.subscribed.store(true, Ordering::Relaxed);
+                }
+                for filter in refused {
+                    if tx
+                        .send(Incoming::SubscribeRefused { filter })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                continue;
+            }
+            Ok(_) => continue,
+            Err(ConnectionError::RequestsDone) => return,
+            Err(e) => {
+                stats.connection_errors.fetch_add(1, Ordering::Relaxed);
+                let was_connected = stats.connected.swap(false, Ordering::Relaxed);
+                stats.subscribed.store(false, Ordering::Relaxed);
+                subscribing.clear();
+                if was_connected {
+                    warn!(error = %e, "MQTT connection lost; reconnecting");
+                } else {
+                    warn!(error = %e, retry_in = ?backoff, "cannot connect to the MQTT broker");
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(reconnect_max);
+                continue;
+            }
+        };
+        if tx.send(forward).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The PUBACK a message is owed: its connection and packet id.
+#[derive(Debug, Clone, Copy)]
+struct Owed {
+    generation: u64,
+    pkid: u16,
+}
+
+/// A batch written but not yet durable, with the PUBACKs that wait for it.
+struct InFlight {
+    durable: Durable,
+    owed: Vec<Owed>,
+    readings: usize,
+}
+
+/// A batch the sink refused, waiting to be offered again.
+struct Retry {
+    at: Instant,
+    backoff: Duration,
+}
+
+struct Loop<S> {
+    config: SubscriberConfig,
+    sink: S,
+    stats: Arc<SubscriberStats>,
+    client: AsyncClient,
+    decoder: MqttDecoder,
+    /// Connection the PUBACKs go to; older ones are not sent.
+    generation: u64,
+    batch: ReadingBatch,
+    /// PUBACKs owed for the messages in `batch`.
+    owed: Vec<Owed>,
+    flush_at: Option<Instant>,
+    retry: Option<Retry>,
+    pending: VecDeque<InFlight>,
+    log: LogLimiter,
+}
+
+impl<S: ReadingSink> Loop<S> {
+    async fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Incoming>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), SubscriberError> {
+        tokio::pin!(shutdown);
+        loop {
+            let receiving =
+                self.retry.is_none() && self.pending.len() < self.config.max_pending_batches;
+            let flush_at = self.flush_at;
+            let retry_at = self.retry.as_ref().map(|r| r.at);
+            let front = async {
+                match self.pending.front_mut() {
+                    Some(f) => (&mut f.durable).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return Ok(()),
+                durable = front => self.durable(durable)?,
+                () = sleep_until(retry_at), if retry_at.is_some() => self.flush()?,
+                () = sleep_until(flush_at), if flush_at.is_some() && retry_at.is_none() => {
+                    self.flush()?;
+                }
+                incoming = rx.recv(), if receiving => match incoming {
+                    Some(incoming) => self.incoming(incoming)?,
+                    None => return Ok(()),
+                },
+            }
+        }
+    }
+
+    /// Waits up to a few seconds for the batches in flight (written before shutdown)
+    /// and sends their PUBACKs.
+    async fn drain(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(front) = self.pending.front_mut() {
+            match tokio::time::timeout_at(deadline, &mut front.durable).await {
+                Ok(result) => {
+                    if self.durable(result).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn incoming(&mut self, incoming: Incoming) -> Result<(), SubscriberError> {
+        match incoming {
+            Incoming::Connected {
+                generation,
+                session_present,
+            } => {
+                self.generation = generation;
+                info!(
+                    url = %self.config.url,
+                    session_present,
+                    "connected to the MQTT broker"
+                );
+                Ok(())
+            }
+            Incoming::SubscribeRefused { filter } => {
+                error!(
+                    filter,
+                    "the MQTT broker refused the subscription (check its ACL for this client)"
+                );
+                Ok(())
+            }
+            Incoming::Message {
+                generation,
+                publish,
+            } => self.message(generation, &publish),
+        }
+    }
+
+    fn message(&mut self, generation: u64, publish: &Publish) -> Result<(), SubscriberError> {
+        self.stats.messages.fetch_add(1, Ordering::Relaxed);
+        let now = now_ns();
+        match self
+            .decoder
+            .decode_message(&publish.topic, &publish.payload, now, &mut self.batch)
+        {
+            Ok(n) => {
+                self.stats
+                    .pending_readings
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => self.reject(publish, &e),
+        }
+        if publish.qos != QoS::AtMostOnce {
+            self.owed.push(Owed {
+                generation,
+                pkid: publish.pkid,
+            });
+        }
+        if self.batch.len() >= self.config.max_batch_readings {
+            if self.retry.is_none() {
+                self.flush()?;
+            }
+        } else if self.flush_at.is_none() && (!self.batch.is_empty() || !self.owed.is_empty()) {
+            self.flush_at = Some(Instant::now() + self.config.max_batch_delay);
+        }
+        Ok(())
+    }
+
+    fn reject(&mut self, publish: &Publish, error: &MqttDecodeError) {
+        let reason = error.reason();
+        let index = MqttDecodeError::REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.stats.rejected[index].fetch_add(1, Ordering::Relaxed);
+        if let Some(skipped) = self.log.allow(index) {
+            warn!(
+                topic = %truncated(&publish.topic, 200),
+                reason,
+                %error,
+                skipped_since_last_log = skipped,
+                "bad MQTT message skipped"
+            );
+        }
+        if let Some(dead) = &self.config.dead_letter_topic {
+            let topic = format!("{dead}/{reason}/{}", publish.topic);
+            match self
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, false, publish.payload.clone())
+            {
+                Ok(()) => self.stats.dead_letters.fetch_add(1, Ordering::Relaxed),
+                Err(_) => self
+                    .stats
+                    .dead_letters_dropped
+                    .fetch_add(1, Ordering::Relaxed),
+            };
+        }
+    }
+
+    /// Offers the current batch to the sink; on refusal, schedules another try.
+    fn flush(&mut self) -> Result<(), SubscriberError> {
+        self.flush_at = None;
+        if self.batch.is_empty() && self.owed.is_empty() {
+            self.retry = None;
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let readings = batch.len();
+        match self.sink.offer(batch) {
+            Ok(durable) => {
+                self.retry = None;
+                self.pending.push_back(InFlight {
+                    durable,
+                    owed: std::mem::take(&mut self.owed),
+                    readings,
+                });
+                Ok(())
+            }
+            Err(refusal) if refusal.retry => {
+                self.batch = refusal.batch;
+                self.stats.backpressure.fetch_add(1, Ordering::Relaxed);
+                let backoff = match &self.retry {
+                    None => Duration::from_millis(5),
+                    Some(r) => (r.backoff * 2).min(Duration::from_millis(500)),
+                };
+                if self.retry.is_none() {
+                    warn!(reason = %refusal.reason, "write path full; MQTT ingest pauses (PUBACKs withheld)");
+                }
+                self.retry = Some(Retry {
+                    at: Instant::now() + backoff,
+                    backoff,
+                });
+                Ok(())
+            }
+            Err(refusal) => Err(SubscriberError::Sink(refusal.reason)),
+        }
+    }
+
+    /// The oldest batch in flight is durable (or failed): send its PUBACKs.
+    fn durable(&mut self, result: Result<usize, String>) -> Result<(), SubscriberError> {
+        let Some(done) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        self.stats
+            .pending_readings
+            .fetch_sub(done.readings as u64, Ordering::Relaxed);
+        let rows = result.map_err(SubscriberError::Sink)?;
+        self.stats
+            .readings
+            .fetch_add(rows as u64, Ordering::Relaxed);
+        for owed in done.owed {
+            if owed.generation != self.generation {
+                continue;
+            }
+            let ack = Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: String::new(),
+                pkid: owed.pkid,
+                payload: Default::default(),
+            };
+            if self.client.try_ack(&ack).is_ok() {
+                self.stats.acks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn truncated(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// At most one log line per reason every [`LOG_EVERY`].
+#[derive(Default)]
+struct LogLimiter {
+    last: [Option<std::time::Instant>; MqttDecodeError::REASONS.len()],
+    skipped: [u64; MqttDecodeError::REASONS.len()],
+}
+
+impl LogLimiter {
+    /// `Some(skipped since the last line)` when this one may be logged.
+    fn allow(&mut self, reason: usize) -> Option<u64> {
+        let now = std::time::Instant::now();
+        match self.last[reason] {
+            Some(last) if now.duration_since(last) < LOG_EVERY => {
+                self.skipped[reason] += 1;
+                None
+            }
+            _ => {
+                self.last[reason] = Some(now);
+                Some(std::mem::take(&mut self.skipped[reason]))
+            }
+        }
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        let a = BrokerAddr::parse("mqtt://broker.local").unwrap();
+        assert_eq!(
+            (a.host.as_str(), a.port, a.tls),
+            ("broker.local", 1883, false)
+        );
+        let a = BrokerAddr::parse("mqtts://10.0.0.1:9883/").unwrap();
+        assert_eq!((a.host.as_str(), a.port, a.tls), ("10.0.0.1", 9883, true));
+        let a = BrokerAddr::parse("tcp://[::1]:1884").unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("::1", 1884));
+        for bad in [
+            "broker:1883",
+            "http://broker",
+            "mqtt://user:pw@broker",
+            "mqtt://broker:99999",
+            "mqtt://broker/topic",
+            "mqtt://:1883",
+        ] {
+            let e = BrokerAddr::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn filters_match_like_a_broker() {
+        assert!(filter_matches(
+            "smartplug/+/telemetry",
+            "smartplug/p1/telemetry"
+        ));
+        assert!(!filter_matches(
+            "smartplug/+/telemetry",
+            "smartplug/p1/x/telemetry"
+        ));
+        assert!(filter_matches("#", "a/b/c"));
+        assert!(filter_matches("a/#", "a/b"));
+        assert!(!filter_matches("a/b", "a/b/c"));
+        assert!(!filter_matches("a/+", "a"));
+        assert!(filter_matches(
+            "$share/g/+/status/switch:0",
+            "s1/status/switch:0"
+        ));
+    }
+
+    struct NullSink;
+    impl ReadingSink for NullSink {
+        fn offer(&self, batch: ReadingBatch) -> Result<Durable, Box<Refusal>> {
+            let n = batch.len();
+            Ok(Box::pin(async move { Ok(n) }))
+        }
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        fn config(f: impl FnOnce(&mut SubscriberConfig)) -> Result<Vec<String>, SubscriberError> {
+            let mut c = SubscriberConfig::default();
+            f(&mut c);
+            Subscriber::new(c, NullSink).map(|s| s.filters())
+        }
+        assert_eq!(
+            config(|_| {}).unwrap(),
+            [
+                "smartplug/+/telemetry",
+                "tele/+/SENSOR",
+                "tele/+/STATE",
+                "+/status/switch:0"
+            ]
+        );
+        let shared = config(|c| c.share_group = Some("fleet".into())).unwrap();
+        assert_eq!(shared[0], "$share/fleet/smartplug/+/telemetry");
+        assert!(config(|c| c.dead_letter_topic = Some("wattdb/dead".into())).is_ok());
+        for filter in ["#", "wattdb/#", "+/dead/+/+", "$share/g/wattdb/+/#"] {
+            let e = config(|c| {
+                c.filters = vec![filter.into()];
+                c.dead_letter_topic = Some("wattdb/dead".into());
+            })
+            .unwrap_err();
+            assert!(e.to_string().contains(filter), "{e}");
+        }
+        let e = config(|c| c.dead_letter_topic = Some("wattdb/#".into())).unwrap_err();
+        assert!(e.to_string().contains("wildcards"), "{e}");
+        assert!(config(|c| c.client_id.clear()).is_err());
+        assert!(config(|c| c.share_group = Some("a/b".into())).is_err());
+        let e = config(|c| {
+            c.url = "mqtts://127.0.0.1".into();
+            c.ca_file = Some("/nonexistent/ca.pem".into());
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    }
+}
