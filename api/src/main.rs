@@ -413,7 +413,8 @@ fn main() -> anyhow::Result<()> {
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // rumqttd logs every client connection at info.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -535,7 +536,7 @@ fn mqtt_subscriber(
             EmbeddedBroker {
                 listen: args.mqtt_listen,
                 max_payload_bytes: max_payload_bytes + (64 << 10),
-                max_connections: 100_000,
+                max_connections: 10_000,
             }
             .start()?;
             let mut connect = args.mqtt_listen;

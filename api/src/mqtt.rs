@@ -91,7 +91,8 @@ impl EmbeddedBroker {
             router: rumqttd::RouterConfig {
                 max_connections: self.max_connections,
                 max_outgoing_packet_count: 1000,
-                max_segment_size: 64 << 20,
+                // Per subscription filter: up to 4 × 32 MiB of messages in memory.
+                max_segment_size: 32 << 20,
                 max_segment_count: 4,
                 custom_segment: None,
                 initialized_filters: None,

@@ -209,6 +209,28 @@ pub fn split_mqtt_input(data: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// The topic the single-format fuzz targets (`mqtt_smartplug`, `mqtt_tasmota_sensor`,
+/// `mqtt_tasmota_state`, `mqtt_shelly`) deliver their input on.
+pub fn mqtt_format_topic(format: PayloadFormat) -> &'static str {
+    match format {
+        PayloadFormat::SmartPlugJson => "smartplug/plug-1/telemetry",
+        PayloadFormat::TasmotaSensor => "tele/tasmota_A1B2C3/SENSOR",
+        PayloadFormat::TasmotaState => "tele/tasmota_A1B2C3/STATE",
+        PayloadFormat::ShellySwitch => "shellyplusplugs-80646fc9c3a0/status/switch:0",
+    }
+}
+
+/// Checks one payload decoder: the whole input is the payload of a message on
+/// [`mqtt_format_topic`], with every invariant of [`mqtt_payload`].
+pub fn mqtt_format(format: PayloadFormat, payload: &[u8]) {
+    let topic = mqtt_format_topic(format);
+    let mut data = Vec::with_capacity(topic.len() + 1 + payload.len());
+    data.extend_from_slice(topic.as_bytes());
+    data.push(b'\n');
+    data.extend_from_slice(payload);
+    mqtt_payload(&data);
+}
+
 /// 2000-01-01T00:00:00Z, the earliest reading time MQTT payloads may carry.
 const MQTT_EARLIEST_NS: i64 = 946_684_800_000_000_000;
 /// A day: how far past its arrival an MQTT reading's time may be.

@@ -8,6 +8,8 @@
 mod corpus {
     use std::path::{Path, PathBuf};
 
+    use wattdb_ingest::PayloadFormat;
+
     /// The files of `fuzz/corpus/{target}`, sorted.
     fn corpus_files(target: &str) -> Vec<PathBuf> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -58,6 +60,39 @@ mod corpus {
         replay("mqtt_payload", wattdb_ingest::fuzzing::mqtt_payload);
     }
 
+    /// The single-format targets and their formats.
+    const MQTT_FORMATS: [(&str, PayloadFormat); 4] = [
+        ("mqtt_smartplug", PayloadFormat::SmartPlugJson),
+        ("mqtt_tasmota_sensor", PayloadFormat::TasmotaSensor),
+        ("mqtt_tasmota_state", PayloadFormat::TasmotaState),
+        ("mqtt_shelly", PayloadFormat::ShellySwitch),
+    ];
+
+    #[test]
+    fn mqtt_single_format_corpora() {
+        use wattdb_ingest::fuzzing::mqtt_format;
+        replay("mqtt_smartplug", |d| {
+            mqtt_format(PayloadFormat::SmartPlugJson, d)
+        });
+        replay("mqtt_tasmota_sensor", |d| {
+            mqtt_format(PayloadFormat::TasmotaSensor, d)
+        });
+        replay("mqtt_tasmota_state", |d| {
+            mqtt_format(PayloadFormat::TasmotaState, d)
+        });
+        replay("mqtt_shelly", |d| {
+            mqtt_format(PayloadFormat::ShellySwitch, d)
+        });
+    }
+
+    fn decode_format(format: PayloadFormat, data: &[u8]) -> Result<usize, String> {
+        let topic = wattdb_ingest::fuzzing::mqtt_format_topic(format);
+        let mut batch = wattdb_ingest::ReadingBatch::new();
+        wattdb_ingest::fuzzing::mqtt_decoder()
+            .decode_message(topic, data, wattdb_ingest::fuzzing::NOW_NS, &mut batch)
+            .map_err(|e| e.to_string())
+    }
+
     fn decode_lp(data: &[u8]) -> Result<usize, String> {
         let mut batch = wattdb_ingest::ReadingBatch::new();
         wattdb_ingest::decode_line_protocol(
@@ -85,17 +120,20 @@ mod corpus {
     }
 
     /// A decoder reduced to its outcome.
-    type Decode = fn(&[u8]) -> Result<usize, String>;
+    type Decode = dyn Fn(&[u8]) -> Result<usize, String>;
 
     /// The corpus is meant to reach both outcomes: files named `valid_*` decode, files
     /// named `err_*` are refused.
     #[test]
     fn corpus_names_match_outcomes() {
-        let decoders: [(&str, Decode); 3] = [
-            ("line_protocol", decode_lp),
-            ("json_readings", decode_json),
-            ("mqtt_payload", decode_mqtt),
+        let mut decoders: Vec<(&str, Box<Decode>)> = vec![
+            ("line_protocol", Box::new(decode_lp)),
+            ("json_readings", Box::new(decode_json)),
+            ("mqtt_payload", Box::new(decode_mqtt)),
         ];
+        for (target, format) in MQTT_FORMATS {
+            decoders.push((target, Box::new(move |data| decode_format(format, data))));
+        }
         for (target, decode) in decoders {
             for path in corpus_files(target) {
                 let name = path
@@ -254,5 +292,23 @@ mod mutations {
     #[test]
     fn mqtt_payload_mutations() {
         run("mqtt_payload", wattdb_ingest::fuzzing::mqtt_payload);
+    }
+
+    #[test]
+    fn mqtt_single_format_mutations() {
+        use wattdb_ingest::PayloadFormat;
+        use wattdb_ingest::fuzzing::mqtt_format;
+        run("mqtt_smartplug", |d| {
+            mqtt_format(PayloadFormat::SmartPlugJson, d)
+        });
+        run("mqtt_tasmota_sensor", |d| {
+            mqtt_format(PayloadFormat::TasmotaSensor, d)
+        });
+        run("mqtt_tasmota_state", |d| {
+            mqtt_format(PayloadFormat::TasmotaState, d)
+        });
+        run("mqtt_shelly", |d| {
+            mqtt_format(PayloadFormat::ShellySwitch, d)
+        });
     }
 }

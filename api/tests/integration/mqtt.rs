@@ -27,22 +27,35 @@ fn free_port() -> u16 {
 pub struct Mosquitto {
     child: Child,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    /// Config, logs, certificates.
+    dir: tempfile::TempDir,
 }
 
 impl Mosquitto {
-    /// Settings a WattDB deployment needs (see the README): a deep queue for the
-    /// persistent session while WattDB is away, and a wide in-flight window.
+    /// Settings a WattDB deployment needs (see scripts/mosquitto/wattdb.conf): a deep
+    /// queue for the persistent session while WattDB is away, and a wide in-flight
+    /// window. Anonymous clients allowed.
     pub fn start() -> Mosquitto {
-        let port = free_port();
+        Mosquitto::start_with(|_| "allow_anonymous true\n".to_owned())
+    }
+
+    /// With more settings, written by `extra` given the broker's config directory.
+    pub fn start_with(extra: impl FnOnce(&Path) -> String) -> Mosquitto {
+        Mosquitto::start_on(free_port(), extra)
+    }
+
+    fn start_on(port: u16, extra: impl FnOnce(&Path) -> String) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("mosquitto.conf");
+        // Run as root (CI), Mosquitto would switch to its own user, which cannot read
+        // the test's private directory; `user root` keeps it as it is.
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                "listener {port} 127.0.0.1\npersistence false\nuser root\n\
                  max_inflight_messages 1000\nmax_queued_messages 1000000\n\
-                 log_dest stderr\nlog_type error\nlog_type warning\n"
+                 log_dest stderr\nlog_type error\nlog_type warning\n{}",
+                extra(dir.path())
             ),
         )
         .unwrap();
@@ -59,11 +72,7 @@ impl Mosquitto {
             .stderr(log)
             .spawn()
             .expect("mosquitto is installed (apt-get install mosquitto; .ci/run does it)");
-        let broker = Mosquitto {
-            child,
-            port,
-            _dir: dir,
-        };
+        let broker = Mosquitto { child, port, dir };
         wait_for(
             Duration::from_secs(10),
             "mosquitto accepts connections",
@@ -106,7 +115,20 @@ fn count(server: &Server, sql: &str) -> i64 {
 /// all (every QoS 1 PUBACK in; QoS 0 messages are followed by a QoS 1 marker, which
 /// the broker handles after them).
 fn publish(port: u16, client_id: &str, qos: QoS, messages: Vec<(String, Vec<u8>)>) {
+    publish_as(port, client_id, None, qos, messages);
+}
+
+fn publish_as(
+    port: u16,
+    client_id: &str,
+    login: Option<(&str, &str)>,
+    qos: QoS,
+    messages: Vec<(String, Vec<u8>)>,
+) {
     let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    if let Some((user, password)) = login {
+        options.set_credentials(user, password);
+    }
     options
         .set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(1 << 24, 1 << 24)
@@ -497,5 +519,267 @@ fn the_embedded_broker_takes_plug_messages() {
     assert!(
         stderr.contains(&listen) && stderr.contains("--no-mqtt"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn the_documented_mosquitto_acl_confines_each_plug_to_its_own_topics() {
+    let acl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/mosquitto/wattdb.acl");
+    let broker = Mosquitto::start_with(|dir| {
+        let passwd = dir.join("passwd");
+        for (i, (user, password)) in [("wattdb", "w-secret"), ("plug-1", "p1-secret")]
+            .into_iter()
+            .enumerate()
+        {
+            let mut cmd = Command::new("mosquitto_passwd");
+            if i == 0 {
+                cmd.arg("-c");
+            }
+            let out = cmd
+                .arg("-b")
+                .arg(&passwd)
+                .args([user, password])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+        let acl_copy = dir.join("wattdb.acl");
+        std::fs::copy(&acl, &acl_copy).unwrap();
+        format!(
+            "allow_anonymous false\npassword_file {}\nacl_file {}\n",
+            passwd.display(),
+            acl_copy.display()
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = broker.url();
+    let server = Server::start_with_env(
+        &dir.path().join("data"),
+        &["--mqtt-url", &url, "--mqtt-username", "wattdb"],
+        &[("WATTDB_MQTT_PASSWORD", "w-secret")],
+    );
+    wait_subscribed(&server);
+    let reading =
+        |ts: i64| format!(r#"{{"ts": {ts}, "voltage": 230, "current": 1, "power": 230}}"#);
+    publish_as(
+        broker.port,
+        "plug-1",
+        Some(("plug-1", "p1-secret")),
+        QoS::AtLeastOnce,
+        vec![
+            msg("smartplug/plug-1/telemetry", &reading(T0_S)),
+            // Not its own topic: the broker drops it.
+            msg("smartplug/plug-2/telemetry", &reading(T0_S)),
+            msg("smartplug/plug-1/telemetry", &reading(T0_S + 1)),
+        ],
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "plug-1's readings are stored",
+        || {
+            count(
+                &server,
+                "SELECT COUNT(*) AS n FROM readings WHERE device_id = 'plug-1'",
+            ) == 2
+        },
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(count(&server, "SELECT COUNT(*) AS n FROM readings"), 2);
+}
+
+#[test]
+fn wattdb_reconnects_and_subscribes_again_after_the_broker_restarts() {
+    let broker = Mosquitto::start();
+    let port = broker.port;
+    let dir = tempfile::tempdir().unwrap();
+    let url = broker.url();
+    let server = Server::start(&dir.path().join("data"), &["--mqtt-url", &url]);
+    wait_subscribed(&server);
+    publish(
+        port,
+        "plug-fleet",
+        QoS::AtLeastOnce,
+        readings(10, 100, T0_S),
+    );
+    wait_for(Duration::from_secs(20), "the first 100 readings", || {
+        count(&server, "SELECT COUNT(*) AS n FROM readings") == 100
+    });
+    // A new broker without the old session: WattDB must subscribe again.
+    drop(broker);
+    let _broker = Mosquitto::start_on(port, |_| "allow_anonymous true\n".to_owned());
+    wait_for(Duration::from_secs(30), "WattDB is back", || {
+        server.metric("wattdb_mqtt_connects_total") == Some(2.0)
+            && server.metric("wattdb_mqtt_subscribed") == Some(1.0)
+    });
+    assert!(
+        server
+            .metric("wattdb_mqtt_connection_errors_total")
+            .unwrap()
+            >= 1.0
+    );
+    publish(
+        port,
+        "plug-fleet",
+        QoS::AtLeastOnce,
+        readings(10, 100, T0_S + 100),
+    );
+    wait_for(Duration::from_secs(20), "all 200 readings", || {
+        count(&server, "SELECT COUNT(*) AS n FROM readings") == 200
+    });
+}
+
+#[test]
+fn mqtts_with_a_private_ca() {
+    let broker = Mosquitto::start_with(|dir| {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl is installed");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=WattDB test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let d = dir.display();
+        format!(
+            "allow_anonymous true\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n"
+        )
+    });
+    let ca = broker.dir.path().join("ca.pem");
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--mqtt-url", &url, "--mqtt-ca-file", ca.to_str().unwrap()],
+    );
+    wait_subscribed(&server);
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1"])
+        .arg("--cafile")
+        .arg(&ca)
+        .args(["-t", "smartplug/plug-tls/telemetry"])
+        .args([
+            "-m",
+            &format!(r#"{{"ts": {T0_S}, "voltage": 231, "current": 2, "power": 462}}"#),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    wait_for(Duration::from_secs(20), "the reading sent over TLS", || {
+        count(
+            &server,
+            "SELECT COUNT(*) AS n FROM readings WHERE device_id = 'plug-tls'",
+        ) == 1
+    });
+
+    // Trusting another certificate than the CA: the broker's is refused.
+    let other = tempfile::tempdir().unwrap();
+    let wrong_ca = broker.dir.path().join("server.pem");
+    let untrusting = Server::start(
+        &other.path().join("data"),
+        &[
+            "--mqtt-url",
+            &url,
+            "--mqtt-ca-file",
+            wrong_ca.to_str().unwrap(),
+        ],
+    );
+    wait_for(Duration::from_secs(20), "a refused TLS handshake", || {
+        untrusting
+            .metric("wattdb_mqtt_connection_errors_total")
+            .unwrap_or(0.0)
+            >= 1.0
+    });
+    assert_eq!(untrusting.metric("wattdb_mqtt_connected"), Some(0.0));
+}
+
+#[test]
+fn a_share_group_splits_the_fleet_between_nodes() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = broker.url();
+    let node = |name: &str| {
+        Server::start(
+            &dir.path().join(name),
+            &[
+                "--mqtt-url",
+                &url,
+                "--mqtt-client-id",
+                name,
+                "--mqtt-share-group",
+                "fleet",
+            ],
+        )
+    };
+    let (a, b) = (node("node-a"), node("node-b"));
+    wait_subscribed(&a);
+    wait_subscribed(&b);
+    publish(
+        broker.port,
+        "plug-fleet",
+        QoS::AtLeastOnce,
+        readings(20, 1000, T0_S),
+    );
+    let total = || {
+        count(&a, "SELECT COUNT(*) AS n FROM readings")
+            + count(&b, "SELECT COUNT(*) AS n FROM readings")
+    };
+    wait_for(
+        Duration::from_secs(20),
+        "1000 readings between the nodes",
+        || total() == 1000,
+    );
+    let on_a = count(&a, "SELECT COUNT(*) AS n FROM readings");
+    assert!(
+        on_a > 0 && on_a < 1000,
+        "each node took a share: {on_a} on a"
     );
 }
