@@ -19,3 +19,24 @@ pub async fn persist(State(app): State<AppState>) -> Result<Json<Value>, ApiErro
         "manifest_version": r.manifest_version,
     })))
 }
+
+/// `POST /api/v1/admin/compact`: merges small Parquet files until no partition needs
+/// it (it also runs by itself between persist cycles) and lists the jobs run.
+pub async fn compact(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let reports = app.engine.compact().await?;
+    let jobs: Vec<Value> = reports
+        .iter()
+        .map(|r| {
+            json!({
+                "partition": r.partition,
+                "input_files": r.input_files,
+                "input_rows": r.input_rows,
+                "input_bytes": r.input_bytes,
+                "rows": r.rows,
+                "bytes": r.bytes,
+                "manifest_version": r.manifest_version,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "jobs": jobs })))
+}

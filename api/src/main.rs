@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 use wattdb_api::mqtt::{EmbeddedBroker, EngineSink};
 use wattdb_api::{ApiConfig, AppState};
-use wattdb_engine::{Engine, EngineConfig, S3Config, Store, StoreConfig};
+use wattdb_engine::{CompactionConfig, Engine, EngineConfig, S3Config, Store, StoreConfig};
 use wattdb_ingest::mqtt::Route;
 use wattdb_ingest::subscriber::{Subscriber, SubscriberConfig};
 use wattdb_ingest::{MqttDecoderConfig, TopicRouter};
@@ -85,6 +85,12 @@ struct ServeArgs {
     /// ... and as soon as the buffer holds this much, in MiB.
     #[arg(long, default_value_t = 512, value_name = "MIB")]
     persist_mib: usize,
+    /// Merge the small Parquet files of a partition once it has this many.
+    #[arg(long, default_value_t = 8, value_name = "FILES")]
+    compact_min_files: usize,
+    /// Files smaller than this are merged, in MiB.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    compact_small_mib: u64,
     /// Keep Parquet files in this S3-compatible bucket instead of the data directory.
     /// Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and the other
     /// usual AWS_* variables).
@@ -455,6 +461,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         store,
         persist_interval: Duration::from_secs(args.persist_interval_s.max(1)),
         persist_bytes: args.persist_mib.max(1) << 20,
+        compaction: CompactionConfig {
+            min_files: args.compact_min_files.max(2),
+            small_file_bytes: args.compact_small_mib.max(1) << 20,
+            ..CompactionConfig::default()
+        },
         ..EngineConfig::default()
     };
     let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config))

@@ -250,6 +250,26 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         let lag = (crate::now_ns() - last) as f64 / 1e9;
         let _ = writeln!(out, "wattdb_persist_lag_seconds {lag:.3}");
     }
+    for (name, help, value) in [
+        (
+            "wattdb_compactions_total",
+            "Compaction jobs done (each merges the small files of one partition).",
+            &e.compactions,
+        ),
+        (
+            "wattdb_compacted_files_total",
+            "Parquet files replaced by compaction.",
+            &e.compacted_files,
+        ),
+        (
+            "wattdb_compaction_errors_total",
+            "Compaction jobs that failed (the files stay as they were).",
+            &e.compaction_errors,
+        ),
+    ] {
+        metric(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", load(value));
+    }
     let manifest = app.engine.manifest();
     metric(
         &mut out,

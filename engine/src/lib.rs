@@ -33,6 +33,7 @@
 //! - `writer`: the WAL (group commit) and apply threads.
 
 pub mod buffer;
+mod compact;
 mod error;
 pub mod histogram;
 pub mod persist;
@@ -55,6 +56,7 @@ pub use wattdb_storage::wal::FaultInjector;
 use wattdb_storage::wal::{self, WalConfig};
 
 pub use buffer::{Buffer, Frozen, LatestReading, WalPosition};
+pub use compact::{CompactionConfig, CompactionReport};
 pub use error::{Error, Result};
 pub use persist::{PersistReport, View};
 pub use schema::readings_schema;
@@ -86,8 +88,10 @@ pub struct EngineConfig {
     pub persist_interval: Duration,
     /// ... and as soon as it holds this much memory.
     pub persist_bytes: usize,
-    /// Failures to inject into persistence (tests).
+    /// Failures to inject into persistence and compaction (tests).
     pub persist_faults: Option<PersistFaults>,
+    /// When small Parquet files are merged.
+    pub compaction: CompactionConfig,
 }
 
 impl Default for EngineConfig {
@@ -104,6 +108,7 @@ impl Default for EngineConfig {
             persist_interval: Duration::from_secs(60),
             persist_bytes: 512 << 20,
             persist_faults: None,
+            compaction: CompactionConfig::default(),
         }
     }
 }
@@ -179,6 +184,10 @@ pub struct EngineStats {
     pub persist_duration: histogram::Histogram,
     /// Newest reading time persisted so far (ns; `i64::MIN` before the first).
     pub last_persisted_ts: AtomicI64,
+    /// Compaction jobs done, the files they replaced, and the jobs that failed.
+    pub compactions: AtomicU64,
+    pub compacted_files: AtomicU64,
+    pub compaction_errors: AtomicU64,
 }
 
 pub(crate) struct Shared {
@@ -387,6 +396,7 @@ impl Engine {
             interval: config.persist_interval,
             persist_bytes: config.persist_bytes,
             faults: config.persist_faults.clone(),
+            compaction: config.compaction.clone(),
             runtime,
         };
         let persist_thread = std::thread::Builder::new()
@@ -494,6 +504,18 @@ impl Engine {
         self.inner
             .persist_tx
             .send(persist::Msg::Now(reply))
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// Merges small Parquet files now: every run of two or more (compaction also runs by
+    /// itself between persist cycles, one job at a time, once a partition has
+    /// [`CompactionConfig::min_files`]); the jobs' reports.
+    pub async fn compact(&self) -> Result<Vec<CompactionReport>> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .persist_tx
+            .send(persist::Msg::Compact(reply))
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.unwrap_or(Err(Error::ShuttingDown))
     }

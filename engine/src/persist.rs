@@ -36,6 +36,7 @@ use wattdb_storage::manifest::{self, Manifest};
 use wattdb_storage::{Store, wal};
 
 use crate::buffer::Frozen;
+use crate::compact::{self, CompactionConfig, CompactionReport, Graveyard};
 use crate::error::{Error, Result};
 use crate::schema::readings_schema;
 use crate::{PersistFaults, Shared};
@@ -72,6 +73,8 @@ pub struct View {
 
 pub(crate) enum Msg {
     Now(oneshot::Sender<Result<PersistReport>>),
+    /// Compact until no partition needs it; the reports of the jobs run.
+    Compact(oneshot::Sender<Result<Vec<CompactionReport>>>),
     Shutdown,
 }
 
@@ -83,6 +86,7 @@ pub(crate) struct PersisterArgs {
     pub interval: Duration,
     pub persist_bytes: usize,
     pub faults: Option<PersistFaults>,
+    pub compaction: CompactionConfig,
     pub runtime: tokio::runtime::Runtime,
 }
 
@@ -96,8 +100,11 @@ pub(crate) fn run(args: PersisterArgs) {
         interval,
         persist_bytes,
         faults,
+        compaction,
         runtime,
     } = args;
+    let mut graveyard = Graveyard::default();
+    let mut compact_waiters: Vec<oneshot::Sender<Result<Vec<CompactionReport>>>> = Vec::new();
     let mut next_due = Instant::now() + interval;
     let mut backoff = Duration::from_millis(500);
     let mut retry_at: Option<Instant> = None;
@@ -106,6 +113,7 @@ pub(crate) fn run(args: PersisterArgs) {
     while !shutdown {
         match rx.recv_timeout(Duration::from_millis(250)) {
             Ok(Msg::Now(reply)) => waiters.push(reply),
+            Ok(Msg::Compact(reply)) => compact_waiters.push(reply),
             Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => shutdown = true,
             Err(RecvTimeoutError::Timeout) => {}
         }
@@ -116,7 +124,22 @@ pub(crate) fn run(args: PersisterArgs) {
             Some(t) => now >= t,
             None => !waiters.is_empty() || now >= next_due || pressure,
         };
-        if !due || shutdown {
+        if shutdown {
+            continue;
+        }
+        if !due {
+            // Between cycles: one compaction job, and deletion of replaced files.
+            if retry_at.is_none() {
+                compact_step(
+                    &runtime,
+                    &shared,
+                    &store,
+                    &compaction,
+                    &mut graveyard,
+                    faults.as_ref(),
+                    &mut compact_waiters,
+                );
+            }
             continue;
         }
         let started = Instant::now();
@@ -158,6 +181,62 @@ pub(crate) fn run(args: PersisterArgs) {
     }
     for w in waiters.drain(..) {
         let _ = w.send(Err(Error::ShuttingDown));
+    }
+    for w in compact_waiters.drain(..) {
+        let _ = w.send(Err(Error::ShuttingDown));
+    }
+}
+
+/// Runs at most one compaction job (or, when asked, jobs until none is left) and
+/// deletes replaced files whose time has come.
+fn compact_step(
+    runtime: &tokio::runtime::Runtime,
+    shared: &Shared,
+    store: &Store,
+    config: &CompactionConfig,
+    graveyard: &mut Graveyard,
+    faults: Option<&PersistFaults>,
+    waiters: &mut Vec<oneshot::Sender<Result<Vec<CompactionReport>>>>,
+) {
+    runtime.block_on(graveyard.sweep(store, Instant::now()));
+    let asked = !waiters.is_empty();
+    // Asked for, compaction merges every run of two or more small files.
+    let forced = CompactionConfig {
+        min_files: 2,
+        ..config.clone()
+    };
+    let config = if asked { &forced } else { config };
+    let mut reports = Vec::new();
+    loop {
+        let result = runtime.block_on(compact::compact_once(
+            shared, store, config, graveyard, faults,
+        ));
+        match result {
+            Ok(Some(report)) => {
+                reports.push(report);
+                if !asked {
+                    return;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                shared
+                    .stats
+                    .compaction_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, source = ?std::error::Error::source(&e), "compaction failed; the files stay as they are");
+                let detail = std::error::Error::source(&e)
+                    .map(|s| format!("{e}: {s}"))
+                    .unwrap_or_else(|| e.to_string());
+                for w in waiters.drain(..) {
+                    let _ = w.send(Err(Error::Persist(detail.clone())));
+                }
+                return;
+            }
+        }
+    }
+    for w in waiters.drain(..) {
+        let _ = w.send(Ok(reports.clone()));
     }
 }
 
@@ -273,6 +352,7 @@ async fn write_raw_files(
                 max_ts,
                 min_device,
                 max_device,
+                merged_rank: None,
             };
             if let Some(f) = faults {
                 f.check_upload()?;

@@ -282,3 +282,126 @@ async fn a_failing_store_loses_nothing_and_a_crash_before_commit_leaves_no_orpha
     engine.persist().await.unwrap();
     assert_eq!(engine.manifest().rows(), 160);
 }
+
+/// `(device, ts, power)` of every row of the live files, in file order.
+async fn file_rows(engine: &Engine) -> Vec<(String, i64, f64)> {
+    let mut out = Vec::new();
+    for f in &engine.manifest().files {
+        let body = engine.store().get(&f.object_path()).await.unwrap();
+        for b in wattdb_storage::files::decode(body).unwrap() {
+            let dev = b.column_by_name("device_id").unwrap().as_string::<i32>();
+            let ts = b
+                .column_by_name("ts")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+            let power = b
+                .column_by_name("power")
+                .unwrap()
+                .as_primitive::<Float64Type>();
+            for i in 0..b.num_rows() {
+                out.push((dev.value(i).to_owned(), ts.value(i), power.value(i)));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_merges_small_files_keeps_the_newest_copy_and_survives_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = PersistFaults::default();
+    let open = || {
+        Engine::open(EngineConfig {
+            persist_faults: Some(faults.clone()),
+            compaction: CompactionConfig {
+                // Only when asked, so the test sees the files before.
+                min_files: 1000,
+                delete_after: Duration::ZERO,
+                ..CompactionConfig::default()
+            },
+            ..config(dir.path())
+        })
+        .unwrap()
+    };
+    let engine = open();
+    // 2026-11-23T10:00Z: five persist cycles into one hour partition.
+    let t0 = 1_795_428_000_000_000_000i64;
+    for k in 0..5 {
+        engine.write(batch("p1", t0 + k * 100, 100)).await.unwrap();
+        engine.write(batch("p2", t0 + k * 100, 100)).await.unwrap();
+        if k == 3 {
+            // p1's first ten readings again, with new values: they must win.
+            let mut again = batch("p1", t0, 10);
+            for i in 0..10 {
+                again.power[i] = -1.0;
+            }
+            engine.write(again).await.unwrap();
+        }
+        engine.persist().await.unwrap();
+    }
+    let m = engine.manifest();
+    assert_eq!(m.files.len(), 5);
+    assert_eq!(
+        m.rows(),
+        1010,
+        "the rewrite is a second copy until compaction"
+    );
+
+    // The merged file is uploaded but the manifest commit fails (a crash there).
+    faults.fail_next_commits(1);
+    assert!(engine.compact().await.is_err());
+    assert_eq!(engine.manifest().files.len(), 5, "nothing changed");
+    assert_eq!(files_on_disk(dir.path()).len(), 6, "an unlisted file");
+
+    let reports = engine.compact().await.unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(
+        (
+            reports[0].input_files,
+            reports[0].input_rows,
+            reports[0].rows
+        ),
+        (5, 1010, 1000)
+    );
+    let m = engine.manifest();
+    assert_eq!(m.files.len(), 1);
+    assert_eq!(m.files[0].merged_rank, Some(5));
+    let rows = file_rows(&engine).await;
+    assert_eq!(rows.len(), 1000);
+    let mut expected = Vec::new();
+    for dev in ["p1", "p2"] {
+        for i in 0..500 {
+            let ts = t0 + i;
+            let power = if dev == "p1" && i < 10 {
+                -1.0
+            } else {
+                ts as f64
+            };
+            expected.push((dev.to_owned(), ts, power));
+        }
+    }
+    assert_eq!(
+        rows, expected,
+        "sorted by plug and time, newest copy of each"
+    );
+    assert_eq!(engine.stats().compacted_files.load(Ordering::Relaxed), 5);
+
+    // The replaced files go once their grace period is over (here: at once).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while files_on_disk(dir.path()).len() > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            files_on_disk(dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A file persisted after the merge outranks it.
+    engine.write(batch("p2", t0, 1)).await.unwrap();
+    engine.persist().await.unwrap();
+    assert!(engine.manifest().files[1].rank() > engine.manifest().files[0].rank());
+    drop(engine);
+    let engine = open();
+    assert_eq!(engine.manifest().rows(), 1001);
+    assert_eq!(files_on_disk(dir.path()).len(), 2);
+}

@@ -208,7 +208,7 @@ impl ReadingsTable {
     }
 }
 
-/// Raw Parquet files from the manifest, optionally with each file's id as `_rank`.
+/// Raw Parquet files from the manifest, optionally with each file's rank as `_rank`.
 #[derive(Debug)]
 struct FilesTable {
     files: Vec<FileMeta>,
@@ -297,7 +297,7 @@ impl TableProvider for FilesTable {
             sizes[i] += f.size;
             let mut pf = PartitionedFile::new(f.path.clone(), f.size);
             if self.ranked {
-                pf = pf.with_partition_values(vec![ScalarValue::UInt64(Some(f.id))]);
+                pf = pf.with_partition_values(vec![ScalarValue::UInt64(Some(f.rank()))]);
             }
             groups[i].push(pf);
         }

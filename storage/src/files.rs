@@ -11,8 +11,10 @@
 //! ```
 //!
 //! `{id}` is a 20-digit file number, unique within the store and increasing with the
-//! order in which files were written; when two files hold the same `(device_id, ts)`,
-//! the higher id wins (last write wins). Only files listed in the manifest are live.
+//! order in which files were written. When two files hold the same `(device_id, ts)`,
+//! the one of higher *rank* wins (last write wins): a file's rank is its id, except for
+//! a file compaction merged, whose rank is the highest rank among the files it replaced
+//! ([`FileMeta::rank`]). Only files listed in the manifest are live.
 //!
 //! Encoding, chosen by measuring realistic plug readings (see the storage tests):
 //! rows sorted by `(device_id, ts)`; `device_id` and the tags dictionary-encoded;
@@ -120,11 +122,26 @@ pub struct FileMeta {
     /// Device id range of the rows (inclusive).
     pub min_device: String,
     pub max_device: String,
+    /// For a file compaction wrote: the highest rank of the files it replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_rank: Option<u64>,
 }
 
 impl FileMeta {
     pub fn object_path(&self) -> ObjPath {
         ObjPath::from(self.path.as_str())
+    }
+
+    /// Which copy of a `(device_id, ts)` wins when files overlap: the higher rank.
+    /// A file's id, or for a merged file the rank of the newest file it replaced, so
+    /// that a file written while compaction ran still wins over the merged one.
+    pub fn rank(&self) -> u64 {
+        self.merged_rank.unwrap_or(self.id)
+    }
+
+    /// The directory of the file's partition (`readings/resolution=raw/date=…/hour=…`).
+    pub fn partition(&self) -> &str {
+        self.path.rsplit_once('/').map_or("", |(dir, _)| dir)
     }
 }
 
@@ -211,6 +228,69 @@ pub fn sort_rows(
         None,
     )?;
     Ok(take_record_batch(&all, &order)?)
+}
+
+/// Merges the rows of overlapping files: sorted by `(device_id, time_column)`, one row
+/// per key, the row of the highest-ranked input winning. `inputs` are `(rank, rows)`.
+pub fn merge_newest(
+    schema: &SchemaRef,
+    inputs: &[(u64, RecordBatch)],
+    time_column: &'static str,
+) -> Result<RecordBatch, EncodeError> {
+    let batches: Vec<RecordBatch> = inputs.iter().map(|(_, b)| b.clone()).collect();
+    let all = concat_batches(schema, &batches)?;
+    let mut ranks = Vec::with_capacity(all.num_rows());
+    for (rank, b) in inputs {
+        ranks.extend(std::iter::repeat_n(*rank, b.num_rows()));
+    }
+    let ranks: ArrayRef = Arc::new(arrow::array::UInt64Array::from(ranks));
+    let dev = all
+        .column_by_name("device_id")
+        .ok_or(EncodeError::Column("device_id"))?;
+    let ts = all
+        .column_by_name(time_column)
+        .ok_or(EncodeError::Column(time_column))?;
+    let order = lexsort_to_indices(
+        &[
+            SortColumn {
+                values: Arc::clone(dev),
+                options: Some(SortOptions::default()),
+            },
+            SortColumn {
+                values: Arc::clone(ts),
+                options: Some(SortOptions::default()),
+            },
+            SortColumn {
+                values: ranks,
+                options: Some(SortOptions {
+                    descending: true,
+                    nulls_first: false,
+                }),
+            },
+        ],
+        None,
+    )?;
+    let sorted = take_record_batch(&all, &order)?;
+    // Keep the first row of every key: the highest rank.
+    let dev = sorted
+        .column_by_name("device_id")
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or(EncodeError::Column("device_id"))?;
+    let ts = sorted
+        .column_by_name(time_column)
+        .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
+        .ok_or(EncodeError::Column(time_column))?;
+    let keep: arrow::array::BooleanArray = (0..sorted.num_rows())
+        .map(|i| Some(i == 0 || dev.value(i) != dev.value(i - 1) || ts.value(i) != ts.value(i - 1)))
+        .collect();
+    Ok(arrow::compute::filter_record_batch(&sorted, &keep)?)
+}
+
+/// Decodes a whole Parquet file.
+pub fn decode(body: Bytes) -> Result<Vec<RecordBatch>, EncodeError> {
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(body)?.build()?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Splits rows by the tier's directory partition: `(partition start, rows)` in order

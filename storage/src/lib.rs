@@ -22,4 +22,5 @@ pub use batch::{
 };
 pub use files::{FileMeta, Tier};
 pub use manifest::Manifest;
+pub use object_store::path::Path as ObjectPath;
 pub use store::{S3Config, Store, StoreConfig, StoreError};

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::{Server, agent, lp_line, response};
 
@@ -210,6 +210,64 @@ const S3_ENV: [(&str, &str); 3] = [
     ("AWS_SECRET_ACCESS_KEY", "wattdb-test-secret"),
     ("AWS_REGION", "us-east-1"),
 ];
+
+#[test]
+fn compaction_leaves_one_file_per_partition_and_readers_one_copy_of_each_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--compact-min-files", "4"]);
+    write_fixture(&server);
+    assert_eq!(persist(&server).0, 200);
+    // Three more cycles into the 10:00 partition, each rewriting a reading.
+    for (k, power) in [500.0, 600.0, 700.0].into_iter().enumerate() {
+        let ts = T0 + k as i64 * 2_000_000_000;
+        assert_eq!(server.write_lp(&lp_line("plug-a", ts, power)).0, 204);
+        assert_eq!(persist(&server).0, 200);
+    }
+    let before = wattdb_rows(&server);
+    assert_eq!(before.len(), 90);
+    // Compaction runs by itself once the partition has four files.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.metric("wattdb_compactions_total").unwrap_or(0.0) < 1.0 {
+        assert!(Instant::now() < deadline, "{}", server.log_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(server.metric("wattdb_compacted_files_total"), Some(4.0));
+    assert_eq!(
+        wattdb_rows(&server),
+        before,
+        "the same rows after the merge"
+    );
+    // The replaced files stay for queries in flight; the manifest lists two files.
+    assert_eq!(server.metric("wattdb_store_files"), Some(2.0));
+    // Asked for, compaction merges any two small files: nothing is left to merge.
+    let (status, body) = server.post("/api/v1/admin/compact", "application/json", b"");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["jobs"],
+        json!([])
+    );
+
+    // A reader of the compacted partition sees one copy of each reading. (Replaced
+    // files linger on disk for two minutes, so read the files the manifest lists.)
+    let manifest = std::fs::read_dir(data.join("catalog"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let pyarrow = python(
+        &format!(
+            "import json, pyarrow.parquet as pq, pyarrow as pa\n\
+             m = json.load(open({:?}))\n\
+             t = pa.concat_tables([pq.read_table({:?} + '/' + f['path']) for f in m['files']])\n\
+             rows = zip(t['device_id'].to_pylist(), t['ts'].cast('int64').to_pylist(), t['power'].to_pylist())\n{PRINT_ROWS}",
+            manifest.display().to_string(),
+            data.display().to_string()
+        ),
+        &[],
+    );
+    assert_eq!(pyarrow, before);
+}
 
 fn s3_server(data: &Path, moto: &Moto, extra: &[&str]) -> Server {
     let mut args = vec![

@@ -1,0 +1,297 @@
+//! Compaction: the small files of a partition become one file, duplicates resolved.
+//!
+//! Each persist cycle writes a file per hour it touched, so an hour of steady ingest
+//! ends up in dozens of small files. Compaction runs on the persist thread between
+//! cycles (it is the one writer of the manifest, so the two never race), one bounded
+//! job at a time:
+//!
+//! 1. **Pick**: in each partition, the files under [`CompactionConfig::small_file_bytes`]
+//!    that are consecutive in rank order (no other file of the partition ranks between
+//!    them) form runs, cut at [`CompactionConfig::max_rows`]. The longest run of at least
+//!    [`CompactionConfig::min_files`] files is the job. Consecutive ranks are what keep
+//!    last-write-wins exact: the merged file takes the highest rank of its inputs
+//!    ([`FileMeta::rank`]), so every file that ranked above an input still ranks above
+//!    the merged rows, and every file below still ranks below.
+//! 2. **Merge**: read the inputs, sort by `(device_id, ts)`, keep the highest-ranked copy
+//!    of every key, upload the result as a new file. Memory is bounded by `max_rows`.
+//! 3. **Commit** a manifest version that lists the new file instead of the inputs;
+//!    queries switch in the same step.
+//! 4. **Delete** the inputs after [`CompactionConfig::delete_after`], so queries planned
+//!    against the previous manifest can still read them.
+//!
+//! A crash before 3 leaves an unlisted file (deleted as an orphan on the next start);
+//! a crash after 3 leaves replaced inputs, which are also no longer listed: the same
+//! clean-up deletes them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use tracing::{info, warn};
+use wattdb_storage::files::{self, FileMeta};
+use wattdb_storage::{ObjectPath as ObjPath, Store};
+
+use crate::error::Result;
+use crate::persist::View;
+use crate::schema::readings_schema;
+use crate::{PersistFaults, Shared};
+
+/// When and how much to compact.
+#[derive(Debug, Clone)]
+pub struct CompactionConfig {
+    /// A partition is compacted once it has a run of this many small files.
+    pub min_files: usize,
+    /// Files at least this large are left as they are.
+    pub small_file_bytes: u64,
+    /// Most rows one job holds in memory (its inputs).
+    pub max_rows: u64,
+    /// How long replaced files stay readable for queries already planned.
+    pub delete_after: Duration,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            min_files: 8,
+            small_file_bytes: 64 << 20,
+            max_rows: 4 << 20,
+            delete_after: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What one compaction job did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    pub input_files: usize,
+    pub input_rows: u64,
+    pub input_bytes: u64,
+    /// Rows after duplicates were resolved.
+    pub rows: u64,
+    pub bytes: u64,
+    pub partition: String,
+    pub manifest_version: u64,
+}
+
+/// The job's inputs, in rank order.
+pub(crate) fn pick(files: &[FileMeta], config: &CompactionConfig) -> Option<Vec<FileMeta>> {
+    fn consider<'a>(
+        best: &mut Option<Vec<&'a FileMeta>>,
+        run: &[&'a FileMeta],
+        config: &CompactionConfig,
+    ) {
+        if run.len() >= config.min_files.max(2) && best.as_ref().is_none_or(|b| run.len() > b.len())
+        {
+            *best = Some(run.to_vec());
+        }
+    }
+    let mut partitions: BTreeMap<(&str, files::Tier), Vec<&FileMeta>> = BTreeMap::new();
+    for f in files {
+        partitions
+            .entry((f.partition(), f.tier))
+            .or_default()
+            .push(f);
+    }
+    let mut best: Option<Vec<&FileMeta>> = None;
+    for (_, mut part) in partitions {
+        part.sort_by_key(|f| f.rank());
+        let mut run: Vec<&FileMeta> = Vec::new();
+        let mut rows = 0;
+        for f in part {
+            let small = f.size < config.small_file_bytes;
+            if !small || rows + f.rows > config.max_rows {
+                consider(&mut best, &run, config);
+                run.clear();
+                rows = 0;
+            }
+            if small && f.rows <= config.max_rows {
+                rows += f.rows;
+                run.push(f);
+            }
+        }
+        consider(&mut best, &run, config);
+    }
+    best.map(|b| b.into_iter().cloned().collect())
+}
+
+/// Replaced files waiting for their deletion time.
+#[derive(Debug, Default)]
+pub(crate) struct Graveyard {
+    files: Vec<(ObjPath, Instant)>,
+}
+
+impl Graveyard {
+    /// Deletes the files whose time has come; keeps those that fail for later.
+    pub async fn sweep(&mut self, store: &Store, now: Instant) {
+        let mut keep = Vec::new();
+        for (path, at) in self.files.drain(..) {
+            if at > now {
+                keep.push((path, at));
+                continue;
+            }
+            if let Err(e) = store.delete(&path).await {
+                warn!(error = %e, %path, "could not delete a compacted file; will retry");
+                keep.push((path, now + Duration::from_secs(30)));
+            }
+        }
+        self.files = keep;
+    }
+}
+
+/// Runs one job if a partition needs one.
+pub(crate) async fn compact_once(
+    shared: &Shared,
+    store: &Store,
+    config: &CompactionConfig,
+    graveyard: &mut Graveyard,
+    faults: Option<&PersistFaults>,
+) -> Result<Option<CompactionReport>> {
+    let base = Arc::clone(&shared.view.read().manifest);
+    let Some(inputs) = pick(&base.files, config) else {
+        return Ok(None);
+    };
+    let started = Instant::now();
+    let schema = readings_schema();
+    let mut ranked: Vec<(u64, RecordBatch)> = Vec::with_capacity(inputs.len());
+    for f in &inputs {
+        let body = store.get(&f.object_path()).await?;
+        for b in files::decode(body)? {
+            ranked.push((f.rank(), b));
+        }
+    }
+    let merged = files::merge_newest(&schema, &ranked, "ts")?;
+    drop(ranked);
+    let props = files::writer_properties(&schema, "ts");
+    let body = files::encode(&merged, props)?;
+    let (min_ts, max_ts, min_device, max_device) = files::ranges(&merged, "ts")?;
+    let first = &inputs[0];
+    let id = base.next_file_id;
+    let partition_start = first.tier.partition_start(first.min_ts);
+    let meta = FileMeta {
+        id,
+        tier: first.tier,
+        path: first.tier.file_path(partition_start, id),
+        size: body.len() as u64,
+        rows: merged.num_rows() as u64,
+        min_ts,
+        max_ts,
+        min_device,
+        max_device,
+        merged_rank: inputs.iter().map(FileMeta::rank).max(),
+    };
+    if let Some(f) = faults {
+        f.check_upload()?;
+    }
+    store.put(&meta.object_path(), body).await?;
+    let mut m = base.next();
+    m.next_file_id = id + 1;
+    let replaced: Vec<u64> = inputs.iter().map(|f| f.id).collect();
+    m.files.retain(|f| !replaced.contains(&f.id));
+    m.files.push(meta.clone());
+    if let Some(f) = faults {
+        f.check_commit()?;
+    }
+    m.commit(store).await?;
+    let version = m.version;
+    {
+        let mut view = shared.view.write();
+        *view = View {
+            manifest: Arc::new(m),
+            frozen: view.frozen.take(),
+        };
+    }
+    let delete_at = Instant::now() + config.delete_after;
+    graveyard
+        .files
+        .extend(inputs.iter().map(|f| (f.object_path(), delete_at)));
+    let report = CompactionReport {
+        input_files: inputs.len(),
+        input_rows: inputs.iter().map(|f| f.rows).sum(),
+        input_bytes: inputs.iter().map(|f| f.size).sum(),
+        rows: meta.rows,
+        bytes: meta.size,
+        partition: meta.partition().to_owned(),
+        manifest_version: version,
+    };
+    let stats = &shared.stats;
+    stats.compactions.fetch_add(1, Ordering::Relaxed);
+    stats
+        .compacted_files
+        .fetch_add(report.input_files as u64, Ordering::Relaxed);
+    info!(
+        partition = %report.partition,
+        files = report.input_files,
+        rows_in = report.input_rows,
+        rows_out = report.rows,
+        bytes_in = report.input_bytes,
+        bytes_out = report.bytes,
+        ms = started.elapsed().as_millis() as u64,
+        "compacted a partition"
+    );
+    Ok(Some(report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wattdb_storage::files::Tier;
+
+    fn file(id: u64, hour: i64, size: u64, rows: u64) -> FileMeta {
+        let start = hour * 3_600_000_000_000;
+        FileMeta {
+            id,
+            tier: Tier::Raw,
+            path: Tier::Raw.file_path(start, id),
+            size,
+            rows,
+            min_ts: start,
+            max_ts: start + 1,
+            min_device: "a".into(),
+            max_device: "b".into(),
+            merged_rank: None,
+        }
+    }
+
+    fn ids(files: Option<Vec<FileMeta>>) -> Vec<u64> {
+        files.unwrap_or_default().iter().map(|f| f.id).collect()
+    }
+
+    #[test]
+    fn picks_the_longest_run_of_small_files_consecutive_in_rank() {
+        let config = CompactionConfig {
+            min_files: 3,
+            small_file_bytes: 1000,
+            max_rows: 100,
+            ..CompactionConfig::default()
+        };
+        let files = vec![
+            file(1, 0, 10, 10),
+            file(2, 0, 10, 10),
+            file(3, 1, 10, 10),   // another hour
+            file(4, 0, 5000, 10), // large: breaks the run of hour 0
+            file(5, 0, 10, 10),
+            file(6, 0, 10, 10),
+            file(7, 0, 10, 10),
+            file(8, 1, 10, 10),
+        ];
+        assert_eq!(ids(pick(&files, &config)), [5, 6, 7]);
+        // Too few anywhere.
+        assert_eq!(ids(pick(&files[..3], &config)), Vec::<u64>::new());
+        // The row cap cuts runs.
+        let capped = CompactionConfig {
+            max_rows: 25,
+            min_files: 2,
+            ..config.clone()
+        };
+        assert_eq!(ids(pick(&files, &capped)), [1, 2]);
+        // A merged file sits at its merged rank.
+        let mut merged = file(9, 0, 10, 10);
+        merged.merged_rank = Some(4);
+        let mut with_merged = files.clone();
+        with_merged.retain(|f| f.id != 4);
+        with_merged.push(merged);
+        assert_eq!(ids(pick(&with_merged, &config)), [1, 2, 9, 5, 6, 7]);
+    }
+}
