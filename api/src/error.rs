@@ -81,6 +81,7 @@ impl ApiError {
                 }
                 Q::MemoryLimit(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 Q::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
+                Q::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
                 Q::DataFusion(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }

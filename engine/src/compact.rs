@@ -132,7 +132,8 @@ impl Graveyard {
                 continue;
             }
             if let Err(e) = store.delete(&path).await {
-                warn!(error = %e, %path, "could not delete a compacted file; will retry");
+                let cause = std::error::Error::source(&e).map(ToString::to_string);
+                warn!(error = %e, cause, %path, "could not delete a compacted file; will retry");
                 keep.push((path, now + Duration::from_secs(30)));
             }
         }

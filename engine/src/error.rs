@@ -30,7 +30,7 @@ pub enum Error {
     Thread(#[source] std::io::Error),
     #[error("manifest")]
     Manifest(#[from] wattdb_storage::manifest::ManifestError),
-    #[error("object store")]
+    #[error(transparent)]
     Store(#[from] wattdb_storage::StoreError),
     #[error("encoding a Parquet file")]
     Encode(#[from] wattdb_storage::files::EncodeError),

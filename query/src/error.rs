@@ -21,6 +21,10 @@ pub enum Error {
     MemoryLimit(DataFusionError),
     #[error("query exceeded its deadline of {0:?} and was cancelled")]
     Deadline(std::time::Duration),
+    /// Reading Parquet files from the object store failed (unreachable, timing out):
+    /// the query may succeed later.
+    #[error("the object store holding the Parquet files failed; try again later: {0}")]
+    Storage(DataFusionError),
     /// Any other failure while running.
     #[error("query failed: {0}")]
     DataFusion(DataFusionError),
@@ -34,6 +38,7 @@ impl Error {
             | DataFusionError::SQL(..)
             | DataFusionError::SchemaError(..)
             | DataFusionError::NotImplemented(_) => Error::Plan(e),
+            _ if is_store_failure(&e) => Error::Storage(e),
             _ => Error::DataFusion(e),
         }
     }
@@ -42,7 +47,34 @@ impl Error {
     pub fn from_execution(e: DataFusionError) -> Self {
         match e.find_root() {
             DataFusionError::ResourcesExhausted(_) => Error::MemoryLimit(e),
+            _ if is_store_failure(&e) => Error::Storage(e),
             _ => Error::DataFusion(e),
         }
     }
+}
+
+/// Did the object store fail underneath `e` (rather than the query itself)?
+fn is_store_failure(e: &DataFusionError) -> bool {
+    if matches!(e.find_root(), DataFusionError::ObjectStore(_)) {
+        return true;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<object_store::Error>() {
+            return true;
+        }
+        if let Some(DataFusionError::ObjectStore(_)) = err.downcast_ref::<DataFusionError>() {
+            return true;
+        }
+        if let Some(parquet::errors::ParquetError::External(inner)) =
+            err.downcast_ref::<parquet::errors::ParquetError>()
+            && inner.is::<object_store::Error>()
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    // The Parquet reader turns object store errors into text ("Failed to fetch
+    // metadata for file …: Object Store error: …"): only the message is left.
+    e.to_string().contains("Object Store error")
 }

@@ -26,7 +26,7 @@ use object_store::{
 /// Errors of the object store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("object store: {op} {path}: {source}")]
+    #[error("object store: {op} {path}")]
     Request {
         op: &'static str,
         path: String,
@@ -35,7 +35,7 @@ pub enum StoreError {
     },
     #[error("object store configuration: {0}")]
     Config(String),
-    #[error("object store: making {path} durable: {source}")]
+    #[error("object store: making {path} durable")]
     Sync {
         path: PathBuf,
         #[source]

@@ -343,6 +343,10 @@ fn s3_bucket_holds_the_layout_and_an_unreachable_store_loses_nothing() {
     let buffered =
         server.sql("SELECT count(*) AS n FROM readings WHERE device_id IN ('plug-d', 'plug-e')");
     assert_eq!(buffered[0]["n"], 2);
+    // A query that needs the files gets 503 and says why.
+    let (status, body) = server.query("SELECT count(*) AS n FROM readings", "json");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("object store"), "{body}");
     moto.signal("-CONT");
     let (status, report) = persist(&server);
     assert_eq!(status, 200, "{report}\n{}", server.log_tail());
