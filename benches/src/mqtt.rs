@@ -330,31 +330,67 @@ fn publish(
 }
 
 /// Subscribes to the smart-plug topics and counts readings; returns once subscribed.
+/// The same client stack as WattDB's subscriber (rumqttc's async event loop on a tokio
+/// runtime) and the same acknowledgement pattern (at QoS 1, PUBACKs in bursts every
+/// 1,000 messages or 5 ms, as WattDB sends them after each write), minus the decoding
+/// and the writes.
 fn null_subscriber(
     args: &MqttBenchArgs,
     qos: QoS,
     delivered: Arc<AtomicU64>,
 ) -> Result<(), MqttBenchError> {
-    let (client, mut connection) = Client::new(options("bench-null", &args.host, args.port), 100);
-    client
-        .subscribe("smartplug/+/telemetry", qos)
-        .map_err(|e| MqttBenchError::Mqtt(e.to_string()))?;
+    let mut options = options("bench-null", &args.host, args.port);
+    options
+        .set_manual_acks(true)
+        .set_request_channel_capacity(70_000);
     let per_message = args.per_message as u64;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _client = client;
-        for event in connection.iter() {
-            match event {
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    let _ = ready_tx.send(());
-                }
-                Ok(Event::Incoming(Packet::Publish(_))) => {
-                    delivered.fetch_add(per_message, Ordering::Relaxed);
-                }
-                Ok(_) => {}
-                Err(_) => return,
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async move {
+            let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 70_000);
+            if client
+                .subscribe("smartplug/+/telemetry", qos)
+                .await
+                .is_err()
+            {
+                return;
             }
-        }
+            let mut owed: Vec<rumqttc::Publish> = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            let ack_all = |owed: &mut Vec<rumqttc::Publish>| {
+                for p in owed.drain(..) {
+                    let _ = client.try_ack(&p);
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => ack_all(&mut owed),
+                    event = eventloop.poll() => match event {
+                        Ok(Event::Incoming(Packet::SubAck(_))) => {
+                            let _ = ready_tx.send(());
+                        }
+                        Ok(Event::Incoming(Packet::Publish(mut p))) => {
+                            delivered.fetch_add(per_message, Ordering::Relaxed);
+                            if p.qos != QoS::AtMostOnce {
+                                p.payload = Default::default();
+                                owed.push(p);
+                                if owed.len() >= 1000 {
+                                    ack_all(&mut owed);
+                                }
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => return,
+                    },
+                }
+            }
+        });
     });
     ready_rx
         .recv_timeout(Duration::from_secs(10))

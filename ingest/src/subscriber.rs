@@ -645,7 +645,21 @@ impl<S: ReadingSink> Loop<S> {
                     self.flush()?;
                 }
                 incoming = rx.recv(), if receiving => match incoming {
-                    Some(incoming) => self.incoming(incoming)?,
+                    Some(incoming) => {
+                        self.incoming(incoming)?;
+                        // Take what else is waiting without going round the select.
+                        for _ in 0..256 {
+                            if self.retry.is_some()
+                                || self.pending.len() >= self.config.max_pending_batches
+                            {
+                                break;
+                            }
+                            match rx.try_recv() {
+                                Ok(incoming) => self.incoming(incoming)?,
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => return Ok(()),
                 },
             }
