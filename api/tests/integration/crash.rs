@@ -117,14 +117,19 @@ fn sigkill_under_concurrent_writes_loses_no_acknowledged_reading() {
                 std::thread::spawn(move || client(url, id, cycle, stop, ledger, retry))
             })
             .collect();
-        // Persist cycles run all along, so kills also land mid-upload and around the
-        // manifest commit and the WAL release.
+        // Persist cycles and compactions run all along, so kills also land mid-upload,
+        // mid-merge, around manifest commits and the WAL release.
         let persister = {
             let (url, stop) = (server.url.clone(), Arc::clone(&stop));
             std::thread::spawn(move || {
                 let agent = agent();
+                let mut round = 0u32;
                 while !stop.load(Ordering::Relaxed) {
                     let _ = agent.post(&format!("{url}/api/v1/admin/persist")).call();
+                    round += 1;
+                    if round % 3 == 0 {
+                        let _ = agent.post(&format!("{url}/api/v1/admin/compact")).call();
+                    }
                     std::thread::sleep(Duration::from_millis(15));
                 }
             })
@@ -144,6 +149,11 @@ fn sigkill_under_concurrent_writes_loses_no_acknowledged_reading() {
     assert!(
         dir.path().join("data/readings/resolution=raw").is_dir(),
         "persist cycles ran during the test"
+    );
+    let log = std::fs::read_to_string(dir.path().join("data.log")).unwrap();
+    assert!(
+        log.contains("compacted a partition"),
+        "compactions ran during the test"
     );
     let l = ledger.lock().unwrap();
     eprintln!(
