@@ -329,7 +329,11 @@ async fn write_raw_files(
 ) -> Result<(Vec<FileMeta>, u64)> {
     let schema = readings_schema();
     let props = files::writer_properties(&schema, "ts");
+    let t = Instant::now();
     let sorted = files::sort_rows(&schema, batches, "ts")?;
+    let sort_ms = t.elapsed().as_millis() as u64;
+    let mut encode_ms = 0;
+    let mut upload_ms = 0;
     let mut out = Vec::new();
     let mut bytes = 0;
     for (start, part) in files::split_by_partition(Tier::Raw, &sorted, "ts")? {
@@ -338,7 +342,9 @@ async fn write_raw_files(
             let len = (part.num_rows() - offset).min(MAX_FILE_ROWS);
             let slice = part.slice(offset, len);
             offset += len;
+            let t = Instant::now();
             let body = files::encode(&slice, props.clone())?;
+            encode_ms += t.elapsed().as_millis() as u64;
             let (min_ts, max_ts, min_device, max_device) = files::ranges(&slice, "ts")?;
             let id = *next_id;
             *next_id += 1;
@@ -358,10 +364,19 @@ async fn write_raw_files(
                 f.check_upload()?;
             }
             bytes += meta.size;
+            let t = Instant::now();
             store.put(&meta.object_path(), body).await?;
+            upload_ms += t.elapsed().as_millis() as u64;
             out.push(meta);
         }
     }
+    tracing::debug!(
+        sort_ms,
+        encode_ms,
+        upload_ms,
+        files = out.len(),
+        "raw files written"
+    );
     Ok((out, bytes))
 }
 

@@ -24,12 +24,11 @@
 //! fallback; the energy counter byte-stream-split; ZSTD over every page; page-level
 //! statistics and the page index, so that a query for one plug reads few pages.
 
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::compute::take_record_batch;
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
-use arrow::compute::{
-    SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch,
-};
 use arrow::datatypes::{SchemaRef, TimestampNanosecondType};
 use bytes::Bytes;
 use chrono::{DateTime, Datelike, Timelike};
@@ -199,35 +198,92 @@ pub enum EncodeError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("column {0} is missing or has the wrong type")]
     Column(&'static str),
+    #[error("{0} rows are more than one file can be sorted with")]
+    TooManyRows(usize),
 }
 
-/// Concatenates `batches` and sorts the rows by `(device_id, time_column)`.
+/// The rows of `batches` in one batch, sorted by `(device_id, time_column)`; rows with
+/// equal keys keep their input order.
 pub fn sort_rows(
     schema: &SchemaRef,
     batches: &[RecordBatch],
     time_column: &'static str,
 ) -> Result<RecordBatch, EncodeError> {
-    let all = concat_batches(schema, batches)?;
-    let dev = all
-        .column_by_name("device_id")
-        .ok_or(EncodeError::Column("device_id"))?;
-    let ts = all
-        .column_by_name(time_column)
-        .ok_or(EncodeError::Column(time_column))?;
-    let order = lexsort_to_indices(
-        &[
-            SortColumn {
-                values: Arc::clone(dev),
-                options: Some(SortOptions::default()),
-            },
-            SortColumn {
-                values: Arc::clone(ts),
-                options: Some(SortOptions::default()),
-            },
-        ],
-        None,
-    )?;
-    Ok(take_record_batch(&all, &order)?)
+    let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+    if batches.is_empty() {
+        return Ok(RecordBatch::new_empty(Arc::clone(schema)));
+    }
+    let order = key_order(&batches, time_column)?;
+    // One gather straight from the inputs: no concatenated copy first.
+    Ok(arrow::compute::interleave_record_batch(&batches, &order)?)
+}
+
+/// `(batch, row)` of every row of `batches` in `(device_id, time_column, input order)`
+/// order.
+///
+/// Each row becomes one `u128`: the rank of its device id among the distinct ids, the
+/// time (sign bit flipped, so it orders as unsigned) and its position in the input.
+/// Sorting those integers is much faster than a comparator sort over a string and a
+/// time column (half the time, for a whole persist cycle's rows; see the README's
+/// persistence throughput), and the position keeps equal keys in input order.
+fn key_order(
+    batches: &[&RecordBatch],
+    time_column: &'static str,
+) -> Result<Vec<(usize, usize)>, EncodeError> {
+    let mut columns = Vec::with_capacity(batches.len());
+    let mut n = 0usize;
+    for b in batches {
+        let dev = b
+            .column_by_name("device_id")
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or(EncodeError::Column("device_id"))?;
+        let ts = b
+            .column_by_name(time_column)
+            .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
+            .ok_or(EncodeError::Column(time_column))?;
+        columns.push((dev, ts, n));
+        n += b.num_rows();
+    }
+    if n > u32::MAX as usize {
+        return Err(EncodeError::TooManyRows(n));
+    }
+    let mut ids: HashMap<&str, u32, foldhash::fast::RandomState> = HashMap::default();
+    let mut row_ids = Vec::with_capacity(n);
+    for (dev, _, _) in &columns {
+        for i in 0..dev.len() {
+            let next = ids.len() as u32;
+            row_ids.push(*ids.entry(dev.value(i)).or_insert(next));
+        }
+    }
+    let mut distinct: Vec<(&str, u32)> = ids.into_iter().collect();
+    distinct.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut rank = vec![0u32; distinct.len()];
+    for (r, (_, id)) in distinct.iter().enumerate() {
+        rank[*id as usize] = r as u32;
+    }
+    let mut keys: Vec<u128> = Vec::with_capacity(n);
+    for (_, ts, offset) in &columns {
+        for (i, t) in ts.values().iter().enumerate() {
+            let row = offset + i;
+            let t = (*t as u64) ^ (1 << 63);
+            keys.push(
+                (u128::from(rank[row_ids[row] as usize]) << 96)
+                    | (u128::from(t) << 32)
+                    | row as u128,
+            );
+        }
+    }
+    keys.sort_unstable();
+    // Global row number back to (batch, row).
+    let starts: Vec<usize> = columns.iter().map(|(_, _, offset)| *offset).collect();
+    Ok(keys
+        .into_iter()
+        .map(|k| {
+            let row = k as u32 as usize;
+            let b = starts.partition_point(|&s| s <= row) - 1;
+            (b, row - starts[b])
+        })
+        .collect())
 }
 
 /// Merges the rows of overlapping files: sorted by `(device_id, time_column)`, one row
@@ -237,41 +293,12 @@ pub fn merge_newest(
     inputs: &[(u64, RecordBatch)],
     time_column: &'static str,
 ) -> Result<RecordBatch, EncodeError> {
+    // In ascending rank, so that among equal keys the last row is the newest copy.
+    let mut inputs: Vec<&(u64, RecordBatch)> = inputs.iter().collect();
+    inputs.sort_by_key(|(rank, _)| *rank);
     let batches: Vec<RecordBatch> = inputs.iter().map(|(_, b)| b.clone()).collect();
-    let all = concat_batches(schema, &batches)?;
-    let mut ranks = Vec::with_capacity(all.num_rows());
-    for (rank, b) in inputs {
-        ranks.extend(std::iter::repeat_n(*rank, b.num_rows()));
-    }
-    let ranks: ArrayRef = Arc::new(arrow::array::UInt64Array::from(ranks));
-    let dev = all
-        .column_by_name("device_id")
-        .ok_or(EncodeError::Column("device_id"))?;
-    let ts = all
-        .column_by_name(time_column)
-        .ok_or(EncodeError::Column(time_column))?;
-    let order = lexsort_to_indices(
-        &[
-            SortColumn {
-                values: Arc::clone(dev),
-                options: Some(SortOptions::default()),
-            },
-            SortColumn {
-                values: Arc::clone(ts),
-                options: Some(SortOptions::default()),
-            },
-            SortColumn {
-                values: ranks,
-                options: Some(SortOptions {
-                    descending: true,
-                    nulls_first: false,
-                }),
-            },
-        ],
-        None,
-    )?;
-    let sorted = take_record_batch(&all, &order)?;
-    // Keep the first row of every key: the highest rank.
+    let sorted = sort_rows(schema, &batches, time_column)?;
+    // Keep the last row of every key: the highest rank.
     let dev = sorted
         .column_by_name("device_id")
         .and_then(|c| c.as_string_opt::<i32>())
@@ -280,8 +307,11 @@ pub fn merge_newest(
         .column_by_name(time_column)
         .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
         .ok_or(EncodeError::Column(time_column))?;
-    let keep: arrow::array::BooleanArray = (0..sorted.num_rows())
-        .map(|i| Some(i == 0 || dev.value(i) != dev.value(i - 1) || ts.value(i) != ts.value(i - 1)))
+    let n = sorted.num_rows();
+    let keep: arrow::array::BooleanArray = (0..n)
+        .map(|i| {
+            Some(i + 1 == n || dev.value(i) != dev.value(i + 1) || ts.value(i) != ts.value(i + 1))
+        })
         .collect();
     Ok(arrow::compute::filter_record_batch(&sorted, &keep)?)
 }
@@ -357,4 +387,107 @@ pub fn ranges(
         (dev.value(0).to_owned(), dev.value(n - 1).to_owned())
     };
     Ok((lo, hi, first, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Float64Array, StringArray, TimestampNanosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    use super::*;
+
+    fn batch(rows: &[(&str, i64, f64)]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("device_id", DataType::Utf8, false),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+            Field::new("power", DataType::Float64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(TimestampNanosecondArray::from_iter_values(
+                    rows.iter().map(|r| r.1),
+                )),
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn rows(b: &RecordBatch) -> Vec<(String, i64, f64)> {
+        let dev = b.column(0).as_string::<i32>();
+        let ts = b.column(1).as_primitive::<TimestampNanosecondType>();
+        let p = b.column(2).as_primitive::<arrow::datatypes::Float64Type>();
+        (0..b.num_rows())
+            .map(|i| (dev.value(i).to_owned(), ts.value(i), p.value(i)))
+            .collect()
+    }
+
+    /// A small deterministic generator (no dependency needed).
+    fn lcg(state: &mut u64) -> u64 {
+        *state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *state >> 33
+    }
+
+    #[test]
+    fn sorting_and_merging_agree_with_a_plain_sort() {
+        let devices = [
+            "plug-b", "plug-a", "plug-aa", "", "ü-plug", "plug-10", "plug-9",
+        ];
+        let mut seed = 7;
+        for round in 0..50 {
+            let n = (lcg(&mut seed) % 300) as usize;
+            let mut inputs = Vec::new();
+            let mut all = Vec::new();
+            for rank in [3u64, 1, 2] {
+                let part: Vec<(&str, i64, f64)> = (0..n / 3)
+                    .map(|_| {
+                        let d = devices[(lcg(&mut seed) % devices.len() as u64) as usize];
+                        // Negative times, equal times, extremes.
+                        let t = match lcg(&mut seed) % 10 {
+                            0 => i64::MIN,
+                            1 => i64::MAX,
+                            _ => (lcg(&mut seed) % 40) as i64 - 20,
+                        };
+                        (d, t, (rank * 1000 + lcg(&mut seed) % 1000) as f64)
+                    })
+                    .collect();
+                all.extend(part.iter().map(|r| (r.0.to_owned(), r.1, r.2, rank)));
+                inputs.push((rank, batch(&part)));
+            }
+            let schema = inputs[0].1.schema();
+            // sort_rows: every row, by device then time (stable for equal keys).
+            let batches: Vec<RecordBatch> = inputs.iter().map(|(_, b)| b.clone()).collect();
+            let mut expected: Vec<(String, i64, f64)> =
+                all.iter().map(|r| (r.0.clone(), r.1, r.2)).collect();
+            expected.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+            let sorted = rows(&sort_rows(&schema, &batches, "ts").unwrap());
+            let key = |r: &(String, i64, f64)| (r.0.clone(), r.1);
+            assert_eq!(
+                sorted.iter().map(key).collect::<Vec<_>>(),
+                expected.iter().map(key).collect::<Vec<_>>(),
+                "round {round}"
+            );
+            // merge_newest: one row per key, from the highest rank; within a rank the
+            // later row.
+            let mut newest: std::collections::BTreeMap<(String, i64), (u64, f64)> =
+                Default::default();
+            let mut by_rank = all.clone();
+            by_rank.sort_by_key(|r| r.3);
+            for r in by_rank {
+                newest.insert((r.0, r.1), (r.3, r.2));
+            }
+            let expected: Vec<(String, i64, f64)> = newest
+                .into_iter()
+                .map(|((d, t), (_, p))| (d, t, p))
+                .collect();
+            let merged = rows(&merge_newest(&schema, &inputs, "ts").unwrap());
+            assert_eq!(merged, expected, "round {round}");
+        }
+    }
 }
