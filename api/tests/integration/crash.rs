@@ -127,7 +127,7 @@ fn sigkill_under_concurrent_writes_loses_no_acknowledged_reading() {
                 while !stop.load(Ordering::Relaxed) {
                     let _ = agent.post(&format!("{url}/api/v1/admin/persist")).call();
                     round += 1;
-                    if round % 3 == 0 {
+                    if round.is_multiple_of(3) {
                         let _ = agent.post(&format!("{url}/api/v1/admin/compact")).call();
                     }
                     std::thread::sleep(Duration::from_millis(15));
