@@ -157,8 +157,11 @@ struct MqttArgs {
     /// unique per WattDB node and stable across restarts [default: wattdb-HOSTNAME].
     #[arg(long, env = "WATTDB_MQTT_CLIENT_ID", value_name = "ID")]
     mqtt_client_id: Option<String>,
+    /// User name at the broker.
     #[arg(long, env = "WATTDB_MQTT_USERNAME", value_name = "USER")]
     mqtt_username: Option<String>,
+    /// Password at the broker; prefer the environment variable (flags show in process
+    /// lists).
     #[arg(
         long,
         env = "WATTDB_MQTT_PASSWORD",
