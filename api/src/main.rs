@@ -118,6 +118,14 @@ struct ServeArgs {
     /// Allow a plain-http S3 endpoint (local test servers).
     #[arg(long, env = "WATTDB_S3_ALLOW_HTTP", requires = "s3_bucket")]
     s3_allow_http: bool,
+    /// Local cache of Parquet files read from S3, in DATA_DIR/cache, in MiB (0: none).
+    #[arg(
+        long,
+        default_value_t = 1024,
+        value_name = "MIB",
+        requires = "s3_bucket"
+    )]
+    s3_cache_mib: u64,
     /// Timeout of one S3 request, in seconds (retried with backoff within 4x that).
     #[arg(
         long,
@@ -452,7 +460,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 request_timeout: Duration::from_secs(args.s3_timeout_s.max(1)),
                 ..S3Config::default()
             });
-            Some(Store::open(&config).context("invalid S3 settings")?)
+            let store = Store::open(&config).context("invalid S3 settings")?;
+            let store = if args.s3_cache_mib > 0 {
+                store
+                    .with_read_cache(args.data_dir.join("cache"), args.s3_cache_mib << 20)
+                    .context("cannot create the S3 read cache")?
+            } else {
+                store
+            };
+            Some(store)
         }
     };
     let engine_config = EngineConfig {

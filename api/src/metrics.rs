@@ -270,6 +270,31 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         metric(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {}", load(value));
     }
+    if let Some(c) = app.engine.store().cache_stats() {
+        for (name, kind, help, value) in [
+            (
+                "wattdb_store_cache_hits_total",
+                "counter",
+                "Reads of Parquet files served from the local cache.",
+                &c.hits,
+            ),
+            (
+                "wattdb_store_cache_misses_total",
+                "counter",
+                "Parquet files fetched whole from the object store into the cache.",
+                &c.misses,
+            ),
+            (
+                "wattdb_store_cache_bytes",
+                "gauge",
+                "Bytes of Parquet files in the local cache.",
+                &c.bytes,
+            ),
+        ] {
+            metric(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {}", load(value));
+        }
+    }
     let manifest = app.engine.manifest();
     metric(
         &mut out,

@@ -74,7 +74,7 @@ impl QueryEngine {
         let ctx = SessionContext::new_with_config_rt(session, runtime);
         let url = datafusion::execution::object_store::ObjectStoreUrl::parse(readings::STORE_URL)
             .map_err(Error::DataFusion)?;
-        ctx.register_object_store(url.as_ref(), self.engine.store().object_store());
+        ctx.register_object_store(url.as_ref(), self.engine.store().reader());
         ctx.register_table(
             "readings",
             Arc::new(ReadingsTable::new(self.engine.clone())),

@@ -12,6 +12,7 @@
 //! The WAL's memory-mapped segment reader is the only `unsafe` code in WattDB.
 
 pub mod batch;
+pub mod cache;
 pub mod files;
 pub mod manifest;
 pub mod store;

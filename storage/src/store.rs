@@ -108,6 +108,8 @@ pub enum StoreConfig {
 #[derive(Debug, Clone)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
+    /// Local copies of Parquet files for reads ([`Store::with_read_cache`]).
+    cache: Option<Arc<crate::cache::FileCache>>,
     /// Set for local stores: the directory that layout paths are relative to.
     local_root: Option<PathBuf>,
     description: String,
@@ -128,6 +130,7 @@ impl Store {
                 let fs = LocalFileSystem::new_with_prefix(&root)
                     .map_err(|e| StoreError::Config(e.to_string()))?;
                 Ok(Store {
+                    cache: None,
                     inner: Arc::new(fs),
                     description: format!("file://{}", root.display()),
                     local_root: Some(root),
@@ -191,6 +194,7 @@ impl Store {
                     Arc::new(PrefixStore::new(s3_store, prefix))
                 };
                 Ok(Store {
+                    cache: None,
                     inner,
                     local_root: None,
                     description,
@@ -202,6 +206,7 @@ impl Store {
     /// Wraps any object store (tests inject failing or slow stores this way).
     pub fn from_object_store(inner: Arc<dyn ObjectStore>, description: &str) -> Store {
         Store {
+            cache: None,
             inner,
             local_root: None,
             description: description.to_owned(),
@@ -211,6 +216,28 @@ impl Store {
     /// The store with layout paths as keys (for DataFusion's object store registry).
     pub fn object_store(&self) -> Arc<dyn ObjectStore> {
         Arc::clone(&self.inner)
+    }
+
+    /// Reads of Parquet files through [`Store::reader`] go through a local cache of at
+    /// most `max_bytes` in `dir` (emptied now). For remote stores.
+    pub fn with_read_cache(mut self, dir: PathBuf, max_bytes: u64) -> Result<Store, StoreError> {
+        let cache = crate::cache::FileCache::new(Arc::clone(&self.inner), dir.clone(), max_bytes)
+            .map_err(|source| StoreError::Sync { path: dir, source })?;
+        self.cache = Some(Arc::new(cache));
+        Ok(self)
+    }
+
+    /// The store queries read through: the read cache when there is one.
+    pub fn reader(&self) -> Arc<dyn ObjectStore> {
+        match &self.cache {
+            Some(c) => Arc::clone(c) as Arc<dyn ObjectStore>,
+            None => Arc::clone(&self.inner),
+        }
+    }
+
+    /// Counters of the read cache, when there is one.
+    pub fn cache_stats(&self) -> Option<Arc<crate::cache::CacheStats>> {
+        self.cache.as_ref().map(|c| c.stats())
     }
 
     /// `file:///…` or `s3://bucket/prefix`, for logs and messages.

@@ -284,11 +284,48 @@ fn s3_server(data: &Path, moto: &Moto, extra: &[&str]) -> Server {
 }
 
 #[test]
+fn s3_reads_go_through_the_local_cache_and_outlast_an_outage() {
+    let moto = Moto::start("wattdb");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = s3_server(&data, &moto, &["--s3-timeout-s", "1"]);
+    write_fixture(&server);
+    assert_eq!(persist(&server).0, 200);
+    let before = wattdb_rows(&server);
+    assert_eq!(before.len(), 90);
+    let misses = server.metric("wattdb_store_cache_misses_total").unwrap();
+    assert_eq!(misses, 2.0, "each of the two files fetched once");
+    assert!(server.metric("wattdb_store_cache_bytes").unwrap() > 0.0);
+    let cached = parquet_files(&data.join("cache/fleet-1"));
+    assert_eq!(
+        cached.len(),
+        0,
+        "the cache mirrors store paths, without the prefix"
+    );
+    let cached = parquet_files(&data.join("cache"));
+    assert_eq!(cached.len(), 2, "{cached:?}");
+
+    // The store stops answering: the cached files still answer every query.
+    moto.signal("-STOP");
+    assert_eq!(wattdb_rows(&server), before);
+    let filtered = server.sql("SELECT count(*) AS n FROM readings WHERE device_id = 'plug-b'");
+    assert_eq!(filtered[0]["n"], 30);
+    moto.signal("-CONT");
+    assert!(server.metric("wattdb_store_cache_hits_total").unwrap() > 0.0);
+    assert_eq!(server.metric("wattdb_store_cache_misses_total"), Some(2.0));
+}
+
+#[test]
 fn s3_bucket_holds_the_layout_and_an_unreachable_store_loses_nothing() {
     let moto = Moto::start("wattdb");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = s3_server(&data, &moto, &["--s3-timeout-s", "1"]);
+    // Without the read cache, so that a query during the outage needs the store.
+    let mut server = s3_server(
+        &data,
+        &moto,
+        &["--s3-timeout-s", "1", "--s3-cache-mib", "0"],
+    );
     write_fixture(&server);
     let (status, report) = persist(&server);
     assert_eq!(status, 200, "{report}\n{}", server.log_tail());
