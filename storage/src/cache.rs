@@ -110,7 +110,10 @@ impl FileCache {
         if let Some(parent) = local.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let tmp = local.with_extension(format!("tmp-{}", std::process::id()));
+        // A name of its own: two queries may fetch the same file at once.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tmp = local.with_extension(format!("tmp-{}-{n}", std::process::id()));
         std::fs::write(&tmp, body)?;
         std::fs::rename(&tmp, &local)?;
         let mut evict = Vec::new();
