@@ -65,7 +65,7 @@ impl ApiMetrics {
     }
 }
 
-fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(crate) fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 

@@ -11,6 +11,9 @@ use wattdb_ingest::MqttDecodeError;
 use wattdb_ingest::subscriber::{Durable, ReadingSink, Refusal, SubscriberStats};
 use wattdb_storage::ReadingBatch;
 
+use crate::error::chain;
+use crate::metrics::metric;
+
 /// The engine, as the place the MQTT subscriber writes to.
 #[derive(Debug, Clone)]
 pub struct EngineSink(pub Engine);
@@ -35,17 +38,6 @@ impl ReadingSink for EngineSink {
             }
         }
     }
-}
-
-/// An error with its sources, `a: b: c`.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut s = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let _ = write!(s, ": {e}");
-        source = e.source();
-    }
-    s
 }
 
 /// Settings of the embedded broker.
@@ -123,67 +115,90 @@ impl EmbeddedBroker {
 /// The subscriber's counters in Prometheus text format.
 pub fn render_metrics(out: &mut String, s: &SubscriberStats) {
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let mut counter = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-        );
-    };
-    counter(
-        "wattdb_mqtt_messages_total",
-        "MQTT messages received (redeliveries count again).",
-        load(&s.messages),
-    );
-    counter(
-        "wattdb_mqtt_acks_total",
-        "PUBACKs sent, each after the message's readings were durable.",
-        load(&s.acks),
-    );
-    counter(
-        "wattdb_mqtt_connects_total",
-        "Connections made to the MQTT broker.",
-        load(&s.connects),
-    );
-    counter(
-        "wattdb_mqtt_connection_errors_total",
-        "Lost connections and failed connection attempts.",
-        load(&s.connection_errors),
-    );
-    counter(
-        "wattdb_mqtt_backpressure_total",
-        "Times the write path was full and MQTT ingest paused.",
-        load(&s.backpressure),
-    );
-    let _ = writeln!(
+    let flag = |b: &std::sync::atomic::AtomicBool| u64::from(b.load(Ordering::Relaxed));
+    let single = [
+        (
+            "wattdb_mqtt_messages_total",
+            "counter",
+            "MQTT messages received (redeliveries count again).",
+            load(&s.messages),
+        ),
+        (
+            "wattdb_mqtt_acks_total",
+            "counter",
+            "PUBACKs sent, each after the message's readings were durable.",
+            load(&s.acks),
+        ),
+        (
+            "wattdb_mqtt_connects_total",
+            "counter",
+            "Connections made to the MQTT broker.",
+            load(&s.connects),
+        ),
+        (
+            "wattdb_mqtt_connection_errors_total",
+            "counter",
+            "Lost connections and failed connection attempts.",
+            load(&s.connection_errors),
+        ),
+        (
+            "wattdb_mqtt_backpressure_total",
+            "counter",
+            "Times the write path was full and MQTT ingest paused.",
+            load(&s.backpressure),
+        ),
+        (
+            "wattdb_mqtt_pending_readings",
+            "gauge",
+            "Readings decoded from MQTT and not yet durable.",
+            load(&s.pending_readings),
+        ),
+        (
+            "wattdb_mqtt_connected",
+            "gauge",
+            "1 while connected to the MQTT broker.",
+            flag(&s.connected),
+        ),
+        (
+            "wattdb_mqtt_subscribed",
+            "gauge",
+            "1 once the broker confirmed WattDB's subscription on this connection.",
+            flag(&s.subscribed),
+        ),
+    ];
+    for (name, kind, help, value) in single {
+        metric(out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    let name = "wattdb_mqtt_rejected_messages_total";
+    metric(
         out,
-        "# HELP wattdb_mqtt_rejected_messages_total Bad MQTT messages skipped (and acknowledged), by reason.\n# TYPE wattdb_mqtt_rejected_messages_total counter"
+        name,
+        "counter",
+        "Bad MQTT messages skipped (and acknowledged), by reason.",
     );
     for (i, reason) in MqttDecodeError::REASONS.iter().enumerate() {
         let _ = writeln!(
             out,
-            "wattdb_mqtt_rejected_messages_total{{reason=\"{reason}\"}} {}",
+            "{name}{{reason=\"{reason}\"}} {}",
             load(&s.rejected[i])
         );
     }
+    let name = "wattdb_mqtt_dead_letters_total";
+    metric(
+        out,
+        name,
+        "counter",
+        "Bad messages republished to the dead-letter topic, or dropped because the client queue was full.",
+    );
     let _ = writeln!(
         out,
-        "# HELP wattdb_mqtt_dead_letters_total Bad messages republished to the dead-letter topic, or dropped because the client queue was full.\n# TYPE wattdb_mqtt_dead_letters_total counter\nwattdb_mqtt_dead_letters_total{{outcome=\"published\"}} {}\nwattdb_mqtt_dead_letters_total{{outcome=\"dropped\"}} {}",
-        load(&s.dead_letters),
+        "{name}{{outcome=\"published\"}} {}",
+        load(&s.dead_letters)
+    );
+    let _ = writeln!(
+        out,
+        "{name}{{outcome=\"dropped\"}} {}",
         load(&s.dead_letters_dropped)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP wattdb_mqtt_pending_readings Readings decoded from MQTT and not yet durable.\n# TYPE wattdb_mqtt_pending_readings gauge\nwattdb_mqtt_pending_readings {}",
-        load(&s.pending_readings)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP wattdb_mqtt_connected 1 while connected to the MQTT broker.\n# TYPE wattdb_mqtt_connected gauge\nwattdb_mqtt_connected {}",
-        u8::from(s.connected.load(Ordering::Relaxed))
-    );
-    let _ = writeln!(
-        out,
-        "# HELP wattdb_mqtt_subscribed 1 once the broker confirmed WattDB's subscription on this connection.\n# TYPE wattdb_mqtt_subscribed gauge\nwattdb_mqtt_subscribed {}",
-        u8::from(s.subscribed.load(Ordering::Relaxed))
     );
 }

@@ -5,6 +5,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use serde::Deserialize;
+pub use wattdb_ingest::now_ns;
 use wattdb_ingest::{Precision, ReadingBatch, decode_json_readings, decode_line_protocol};
 
 use crate::AppState;
@@ -109,10 +110,4 @@ async fn run_decode(
         Ok(r) => r,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
-}
-
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
 }

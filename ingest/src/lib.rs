@@ -36,3 +36,10 @@ pub use json::{Found, JsonError, Position, TimestampProblem, decode_json_reading
 pub use line_protocol::{LineProtocolError, Precision, UnknownPrecision, decode_line_protocol};
 pub use mqtt::{MqttDecodeError, MqttDecoder, MqttDecoderConfig, PayloadFormat, TopicRouter};
 pub use wattdb_storage::ReadingBatch;
+
+/// Now, in nanoseconds since the Unix epoch: the arrival time of readings without one.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}

@@ -47,8 +47,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::ReadingBatch;
 use crate::mqtt::{MqttDecodeError, MqttDecoder, MqttDecoderConfig};
+use crate::{ReadingBatch, now_ns};
 
 /// A bad message of one reason is logged at most this often (with a count of the ones
 /// skipped silently in between).
@@ -882,12 +882,6 @@ impl LogLimiter {
             }
         }
     }
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 #[cfg(test)]
