@@ -160,7 +160,9 @@ pub fn run(args: &MqttBenchArgs) -> Result<MqttBenchReport, MqttBenchError> {
         .enumerate()
         .map(|(i, share)| {
             let (host, port) = (args.host.clone(), args.port);
-            std::thread::spawn(move || publish(&host, port, &format!("bench-pub-{i}"), qos, share))
+            std::thread::spawn(move || {
+                publish(&host, port, &format!("bench-pub-{i}"), None, qos, share)
+            })
         })
         .collect();
     let mut publish_error = None;
@@ -282,16 +284,22 @@ fn options(client_id: &str, host: &str, port: u16) -> MqttOptions {
     o
 }
 
-/// Publishes `messages` and returns once the broker accepted them all (QoS 0 ones are
-/// followed by a QoS 1 marker, which the broker handles after them).
-fn publish(
+/// Publishes `messages` (topic, payload) from one connection, logged in with `login`
+/// (user, password) when given, and returns once the broker accepted them all (QoS 0
+/// ones are followed by a QoS 1 marker, which the broker handles after them).
+pub fn publish(
     host: &str,
     port: u16,
     client_id: &str,
+    login: Option<(&str, &str)>,
     qos: QoS,
-    messages: Messages,
+    messages: Vec<(String, Vec<u8>)>,
 ) -> Result<(), MqttBenchError> {
-    let (client, mut connection) = Client::new(options(client_id, host, port), 10_000);
+    let mut options = options(client_id, host, port);
+    if let Some((user, password)) = login {
+        options.set_credentials(user, password);
+    }
+    let (client, mut connection) = Client::new(options, 10_000);
     let expected = match qos {
         QoS::AtMostOnce => 1,
         _ => messages.len() + 1,

@@ -112,8 +112,7 @@ fn count(server: &Server, sql: &str) -> i64 {
 }
 
 /// Publishes `messages` from one rumqttc client and returns once the broker has them
-/// all (every QoS 1 PUBACK in; QoS 0 messages are followed by a QoS 1 marker, which
-/// the broker handles after them).
+/// all (the load generator's publisher, [`wattdb_benches::mqtt::publish`]).
 fn publish(port: u16, client_id: &str, qos: QoS, messages: Vec<(String, Vec<u8>)>) {
     publish_as(port, client_id, None, qos, messages);
 }
@@ -125,43 +124,8 @@ fn publish_as(
     qos: QoS,
     messages: Vec<(String, Vec<u8>)>,
 ) {
-    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
-    if let Some((user, password)) = login {
-        options.set_credentials(user, password);
-    }
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(1 << 24, 1 << 24)
-        .set_inflight(200);
-    let (client, mut connection) = Client::new(options, 1000);
-    let expected = match qos {
-        QoS::AtMostOnce => 1,
-        _ => messages.len() + 1,
-    };
-    let sender = std::thread::spawn(move || {
-        for (topic, payload) in messages {
-            client.publish(topic, qos, false, payload).unwrap();
-        }
-        client
-            .publish("wattdb-test/marker", QoS::AtLeastOnce, false, "x")
-            .unwrap();
-        client
-    });
-    let mut acked = 0;
-    for event in connection.iter() {
-        match event {
-            Ok(Event::Incoming(Packet::PubAck(_))) => {
-                acked += 1;
-                if acked == expected {
-                    break;
-                }
-            }
-            Ok(_) => {}
-            Err(e) => panic!("publisher {client_id}: {e}"),
-        }
-    }
-    let client = sender.join().unwrap();
-    let _ = client.disconnect();
+    wattdb_benches::mqtt::publish("127.0.0.1", port, client_id, login, qos, messages)
+        .unwrap_or_else(|e| panic!("publisher {client_id}: {e}"));
 }
 
 /// Collects the topics of messages published under `filter`.
