@@ -29,11 +29,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 use wattdb_storage::files::{self, FileMeta};
 use wattdb_storage::{ObjectPath as ObjPath, Store};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::persist::View;
 use crate::schema::readings_schema;
 use crate::{PersistFaults, Shared};
@@ -138,6 +139,88 @@ impl Graveyard {
             }
         }
         self.files = keep;
+    }
+}
+
+/// Compaction's state on the persist thread: the settings, the replaced files waiting
+/// for deletion, and the manifest version last found with nothing to compact (picking
+/// again from the same manifest would find nothing again).
+pub(crate) struct Compactor {
+    config: CompactionConfig,
+    graveyard: Graveyard,
+    idle_version: Option<u64>,
+}
+
+impl Compactor {
+    pub(crate) fn new(config: CompactionConfig) -> Self {
+        Self {
+            config,
+            graveyard: Graveyard::default(),
+            idle_version: None,
+        }
+    }
+
+    /// Runs at most one compaction job (or, when asked, jobs until none is left) and
+    /// deletes replaced files whose time has come.
+    pub(crate) fn step(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        shared: &Shared,
+        store: &Store,
+        faults: Option<&PersistFaults>,
+        waiters: &mut Vec<oneshot::Sender<Result<Vec<CompactionReport>>>>,
+    ) {
+        runtime.block_on(self.graveyard.sweep(store, Instant::now()));
+        let asked = !waiters.is_empty();
+        let version = shared.view.read().manifest.version;
+        if !asked && self.idle_version == Some(version) {
+            return;
+        }
+        // Asked for, compaction merges every run of two or more small files.
+        let forced = CompactionConfig {
+            min_files: 2,
+            ..self.config.clone()
+        };
+        let config = if asked { &forced } else { &self.config };
+        let mut reports = Vec::new();
+        loop {
+            let result = runtime.block_on(compact_once(
+                shared,
+                store,
+                config,
+                &mut self.graveyard,
+                faults,
+            ));
+            match result {
+                Ok(Some(report)) => {
+                    reports.push(report);
+                    if !asked {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    if !asked {
+                        self.idle_version = Some(version);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    shared
+                        .stats
+                        .compaction_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, source = ?std::error::Error::source(&e), "compaction failed; the files stay as they are");
+                    let detail = e.with_cause();
+                    for w in waiters.drain(..) {
+                        let _ = w.send(Err(Error::Persist(detail.clone())));
+                    }
+                    return;
+                }
+            }
+        }
+        for w in waiters.drain(..) {
+            let _ = w.send(Ok(reports.clone()));
+        }
     }
 }
 

@@ -39,6 +39,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// The message and its direct cause, `message: cause`, for the answers of failed
+    /// persist and compaction requests.
+    pub(crate) fn with_cause(&self) -> String {
+        match std::error::Error::source(self) {
+            Some(cause) => format!("{self}: {cause}"),
+            None => self.to_string(),
+        }
+    }
+
     /// True for refusals that a client should retry (HTTP 503 / 429, withheld PUBACK).
     pub fn is_retryable(&self) -> bool {
         matches!(

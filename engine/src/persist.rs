@@ -36,7 +36,7 @@ use wattdb_storage::manifest::{self, Manifest};
 use wattdb_storage::{Store, wal};
 
 use crate::buffer::Frozen;
-use crate::compact::{self, CompactionConfig, CompactionReport, Graveyard};
+use crate::compact::{CompactionConfig, CompactionReport, Compactor};
 use crate::error::{Error, Result};
 use crate::schema::readings_schema;
 use crate::{PersistFaults, Shared};
@@ -103,7 +103,7 @@ pub(crate) fn run(args: PersisterArgs) {
         compaction,
         runtime,
     } = args;
-    let mut graveyard = Graveyard::default();
+    let mut compactor = Compactor::new(compaction);
     let mut compact_waiters: Vec<oneshot::Sender<Result<Vec<CompactionReport>>>> = Vec::new();
     let mut next_due = Instant::now() + interval;
     let mut backoff = Duration::from_millis(500);
@@ -130,12 +130,10 @@ pub(crate) fn run(args: PersisterArgs) {
         if !due {
             // Between cycles: one compaction job, and deletion of replaced files.
             if retry_at.is_none() {
-                compact_step(
+                compactor.step(
                     &runtime,
                     &shared,
                     &store,
-                    &compaction,
-                    &mut graveyard,
                     faults.as_ref(),
                     &mut compact_waiters,
                 );
@@ -167,10 +165,7 @@ pub(crate) fn run(args: PersisterArgs) {
             Err(e) => {
                 shared.stats.persist_errors.fetch_add(1, Ordering::Relaxed);
                 error!(error = %e, source = ?std::error::Error::source(&e), retry_in_ms = backoff.as_millis() as u64, "persisting failed; the readings stay in the WAL and the buffer");
-                let msg = e.to_string();
-                let detail = std::error::Error::source(&e)
-                    .map(|s| format!("{msg}: {s}"))
-                    .unwrap_or(msg);
+                let detail = e.with_cause();
                 for w in waiters.drain(..) {
                     let _ = w.send(Err(Error::Persist(detail.clone())));
                 }
@@ -184,59 +179,6 @@ pub(crate) fn run(args: PersisterArgs) {
     }
     for w in compact_waiters.drain(..) {
         let _ = w.send(Err(Error::ShuttingDown));
-    }
-}
-
-/// Runs at most one compaction job (or, when asked, jobs until none is left) and
-/// deletes replaced files whose time has come.
-fn compact_step(
-    runtime: &tokio::runtime::Runtime,
-    shared: &Shared,
-    store: &Store,
-    config: &CompactionConfig,
-    graveyard: &mut Graveyard,
-    faults: Option<&PersistFaults>,
-    waiters: &mut Vec<oneshot::Sender<Result<Vec<CompactionReport>>>>,
-) {
-    runtime.block_on(graveyard.sweep(store, Instant::now()));
-    let asked = !waiters.is_empty();
-    // Asked for, compaction merges every run of two or more small files.
-    let forced = CompactionConfig {
-        min_files: 2,
-        ..config.clone()
-    };
-    let config = if asked { &forced } else { config };
-    let mut reports = Vec::new();
-    loop {
-        let result = runtime.block_on(compact::compact_once(
-            shared, store, config, graveyard, faults,
-        ));
-        match result {
-            Ok(Some(report)) => {
-                reports.push(report);
-                if !asked {
-                    return;
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                shared
-                    .stats
-                    .compaction_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, source = ?std::error::Error::source(&e), "compaction failed; the files stay as they are");
-                let detail = std::error::Error::source(&e)
-                    .map(|s| format!("{e}: {s}"))
-                    .unwrap_or_else(|| e.to_string());
-                for w in waiters.drain(..) {
-                    let _ = w.send(Err(Error::Persist(detail.clone())));
-                }
-                return;
-            }
-        }
-    }
-    for w in waiters.drain(..) {
-        let _ = w.send(Ok(reports.clone()));
     }
 }
 
