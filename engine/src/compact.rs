@@ -249,21 +249,19 @@ pub(crate) async fn compact_once(
     drop(ranked);
     let props = files::writer_properties(&schema, "ts");
     let body = files::encode(&merged, props)?;
-    let (min_ts, max_ts, min_device, max_device) = files::ranges(&merged, "ts")?;
     let first = &inputs[0];
     let id = base.next_file_id;
     let partition_start = first.tier.partition_start(first.min_ts);
     let meta = FileMeta {
-        id,
-        tier: first.tier,
-        path: first.tier.file_path(partition_start, id),
-        size: body.len() as u64,
-        rows: merged.num_rows() as u64,
-        min_ts,
-        max_ts,
-        min_device,
-        max_device,
         merged_rank: inputs.iter().map(FileMeta::rank).max(),
+        ..FileMeta::describe(
+            first.tier,
+            partition_start,
+            id,
+            &merged,
+            body.len() as u64,
+            "ts",
+        )?
     };
     if let Some(f) = faults {
         f.check_upload()?;

@@ -287,21 +287,9 @@ async fn write_raw_files(
             let t = Instant::now();
             let body = files::encode(&slice, props.clone())?;
             encode_ms += t.elapsed().as_millis() as u64;
-            let (min_ts, max_ts, min_device, max_device) = files::ranges(&slice, "ts")?;
             let id = *next_id;
             *next_id += 1;
-            let meta = FileMeta {
-                id,
-                tier: Tier::Raw,
-                path: Tier::Raw.file_path(start, id),
-                size: body.len() as u64,
-                rows: slice.num_rows() as u64,
-                min_ts,
-                max_ts,
-                min_device,
-                max_device,
-                merged_rank: None,
-            };
+            let meta = FileMeta::describe(Tier::Raw, start, id, &slice, body.len() as u64, "ts")?;
             if let Some(f) = faults {
                 f.check_upload()?;
             }

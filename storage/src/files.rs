@@ -138,6 +138,31 @@ impl FileMeta {
         self.merged_rank.unwrap_or(self.id)
     }
 
+    /// The entry of new file `id` of `tier`, in the partition that starts at `start`,
+    /// holding `rows` encoded as `size` bytes.
+    pub fn describe(
+        tier: Tier,
+        start: i64,
+        id: u64,
+        rows: &RecordBatch,
+        size: u64,
+        time_column: &'static str,
+    ) -> Result<FileMeta, EncodeError> {
+        let (min_ts, max_ts, min_device, max_device) = ranges(rows, time_column)?;
+        Ok(FileMeta {
+            id,
+            tier,
+            path: tier.file_path(start, id),
+            size,
+            rows: rows.num_rows() as u64,
+            min_ts,
+            max_ts,
+            min_device,
+            max_device,
+            merged_rank: None,
+        })
+    }
+
     /// The directory of the file's partition (`readings/resolution=raw/date=…/hour=…`).
     pub fn partition(&self) -> &str {
         self.path.rsplit_once('/').map_or("", |(dir, _)| dir)
