@@ -749,7 +749,7 @@ impl<S: ReadingSink> Loop<S> {
         self.stats.rejected[index].fetch_add(1, Ordering::Relaxed);
         if let Some(skipped) = self.log.allow(index) {
             warn!(
-                topic = %truncated(&publish.topic, 200),
+                topic = %crate::Snippet::from(publish.topic.as_str()),
                 reason,
                 %error,
                 skipped_since_last_log = skipped,
@@ -847,17 +847,6 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-fn truncated(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// At most one log line per reason every [`LOG_EVERY`].
