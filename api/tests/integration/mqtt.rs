@@ -412,7 +412,8 @@ fn a_full_write_path_withholds_pubacks_until_there_is_room() {
         ],
     );
     wait_subscribed(&server);
-    const N: usize = 20_000;
+    // About 3 MiB in the buffer: three times what it may hold.
+    const N: usize = 40_000;
     let port = broker.port;
     let publisher = std::thread::spawn(move || {
         publish(
@@ -422,16 +423,22 @@ fn a_full_write_path_withholds_pubacks_until_there_is_room() {
             readings(20, N, T0_S),
         );
     });
-    wait_for(
-        Duration::from_secs(30),
-        "the write path pushes back",
-        || {
-            server
-                .metric("wattdb_mqtt_backpressure_total")
-                .unwrap_or(0.0)
-                > 0.0
-        },
-    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server
+        .metric("wattdb_mqtt_backpressure_total")
+        .unwrap_or(0.0)
+        == 0.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no backpressure: {} readings stored, {:?} messages received, publisher done: {}\n{}",
+            count(&server, "SELECT COUNT(*) AS n FROM readings"),
+            server.metric("wattdb_mqtt_messages_total"),
+            publisher.is_finished(),
+            server.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let stored = count(&server, "SELECT COUNT(*) AS n FROM readings");
     assert!(stored < N as i64, "the buffer limit held ({stored})");
     wait_for(Duration::from_secs(120), "every reading is stored", || {
