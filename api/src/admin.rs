@@ -40,3 +40,23 @@ pub async fn compact(State(app): State<AppState>) -> Result<Json<Value>, ApiErro
         .collect();
     Ok(Json(json!({ "jobs": jobs })))
 }
+
+/// `POST /api/v1/admin/expire`: removes the files past their resolution's retention now
+/// (retention also runs by itself once a minute) and says what went, per resolution.
+pub async fn expire(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let r = app.engine.expire().await?;
+    let tiers: serde_json::Map<String, Value> = wattdb_engine::Tier::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            (
+                t.name().to_owned(),
+                json!({"files": r.files[i], "rows": r.rows[i], "bytes": r.bytes[i]}),
+            )
+        })
+        .collect();
+    Ok(Json(json!({
+        "expired": tiers,
+        "manifest_version": r.manifest_version,
+    })))
+}

@@ -73,7 +73,8 @@ impl ApiError {
                 | E::Locked { .. }
                 | E::Thread(_)
                 | E::Manifest(_)
-                | E::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                | E::Encode(_)
+                | E::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::Query(q) => match q {
                 Q::Sql(_) | Q::NotOneStatement(_) | Q::NotReadOnly | Q::Plan(_) => {

@@ -77,6 +77,7 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
         .route("/api/v1/query", post(query::query))
         .route("/api/v1/admin/persist", post(admin::persist))
         .route("/api/v1/admin/compact", post(admin::compact))
+        .route("/api/v1/admin/expire", post(admin::expire))
         .route("/health", get(health))
         .route("/metrics", get(metrics::metrics))
         .fallback(not_found)

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 use wattdb_api::mqtt::{EmbeddedBroker, EngineSink};
 use wattdb_api::{ApiConfig, AppState};
-use wattdb_engine::{CompactionConfig, Engine, EngineConfig, S3Config, Store, StoreConfig};
+use wattdb_engine::rollup::RollupConfig;
+use wattdb_engine::{
+    CompactionConfig, Engine, EngineConfig, RetentionConfig, RollupSettings, S3Config, Store,
+    StoreConfig,
+};
 use wattdb_ingest::mqtt::Route;
 use wattdb_ingest::subscriber::{Subscriber, SubscriberConfig};
 use wattdb_ingest::{MqttDecoderConfig, TopicRouter};
@@ -91,6 +95,26 @@ struct ServeArgs {
     /// Files smaller than this are merged, in MiB.
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     compact_small_mib: u64,
+    /// How long raw readings are kept (e.g. 7d, 12h; `forever` keeps them).
+    #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = parse_retention)]
+    retention_raw: Retention,
+    /// How long 1-minute rollups are kept.
+    #[arg(long = "retention-1m", default_value = "30d", value_name = "DURATION", value_parser = parse_retention)]
+    retention_1m: Retention,
+    /// How long 1-hour rollups are kept.
+    #[arg(long = "retention-1h", default_value = "1y", value_name = "DURATION", value_parser = parse_retention)]
+    retention_1h: Retention,
+    /// How long 1-day rollups are kept.
+    #[arg(long = "retention-1d", default_value = "5y", value_name = "DURATION", value_parser = parse_retention)]
+    retention_1d: Retention,
+    /// Readings later than this (behind the newest reading) are stored but no longer
+    /// update rollups.
+    #[arg(long, default_value = "3d", value_name = "DURATION", value_parser = parse_duration)]
+    late_horizon: Duration,
+    /// Longest interval between two readings of a plug over which power is integrated
+    /// into energy_wh and relay on-time (a longer one counts as missing data); under 1h.
+    #[arg(long, default_value = "300s", value_name = "DURATION", value_parser = parse_duration)]
+    rollup_gap_cap: Duration,
     /// Keep Parquet files in this S3-compatible bucket instead of the data directory.
     /// Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and the other
     /// usual AWS_* variables).
@@ -332,6 +356,20 @@ enum LoadProtocol {
     Json,
 }
 
+/// A retention period; `None` keeps data forever.
+type Retention = Option<Duration>;
+
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    if s.trim() == "forever" {
+        return Ok(None);
+    }
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("a retention of 0 would delete everything; use `forever` to keep data".into());
+    }
+    Ok(Some(d))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -346,7 +384,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => n / 1000.0,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s, m or h")),
+        "d" => n * 86_400.0,
+        "y" => n * 365.0 * 86_400.0,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?}; use ms, s, m, h, d or y"
+            ));
+        }
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
@@ -484,6 +528,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             min_files: args.compact_min_files.max(2),
             small_file_bytes: args.compact_small_mib.max(1) << 20,
             ..CompactionConfig::default()
+        },
+        rollups: RollupSettings {
+            math: RollupConfig {
+                gap_cap_ns: i64::try_from(args.rollup_gap_cap.as_nanos()).unwrap_or(i64::MAX),
+            },
+            horizon: args.late_horizon,
+        },
+        retention: RetentionConfig {
+            raw: args.retention_raw,
+            minute: args.retention_1m,
+            hour: args.retention_1h,
+            day: args.retention_1d,
         },
         ..EngineConfig::default()
     };

@@ -266,9 +266,42 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
             "Compaction jobs that failed (the files stay as they were).",
             &e.compaction_errors,
         ),
+        (
+            "wattdb_rollup_bytes_total",
+            "Bytes of rollup files (1m, 1h, 1d) written.",
+            &e.rollup_bytes,
+        ),
+        (
+            "wattdb_rollup_recomputed_plugs_total",
+            "Plugs whose rollups a persist cycle recomputed from raw readings (late or rewritten readings, or the first cycle after a start).",
+            &e.rollup_recomputed_plugs,
+        ),
+        (
+            "wattdb_rollup_too_late_readings_total",
+            "Readings stored raw but older than the late-data horizon, so not rolled up.",
+            &e.rollup_too_late,
+        ),
+        (
+            "wattdb_expired_files_total",
+            "Parquet files removed by retention.",
+            &e.expired_files,
+        ),
     ] {
         metric(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {}", load(value));
+    }
+    metric(
+        &mut out,
+        "wattdb_rollup_rows_total",
+        "counter",
+        "Rollup rows written, by resolution (a bucket extended or recomputed is written again).",
+    );
+    for (res, v) in ["1m", "1h", "1d"].iter().zip(&e.rollup_rows) {
+        let _ = writeln!(
+            out,
+            "wattdb_rollup_rows_total{{resolution=\"{res}\"}} {}",
+            load(v)
+        );
     }
     if let Some(c) = app.engine.store().cache_stats() {
         for (name, kind, help, value) in [

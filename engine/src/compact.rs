@@ -12,7 +12,7 @@
 //!    last-write-wins exact: the merged file takes the highest rank of its inputs
 //!    ([`FileMeta::rank`]), so every file that ranked above an input still ranks above
 //!    the merged rows, and every file below still ranks below.
-//! 2. **Merge**: read the inputs, sort by `(device_id, ts)`, keep the highest-ranked copy
+//! 2. **Merge**: read the inputs, sort by `(device_id, ts)` (`bucket` for rollups), keep the highest-ranked copy
 //!    of every key, upload the result as a new file. Memory is bounded by `max_rows`.
 //! 3. **Commit** a manifest version that lists the new file instead of the inputs;
 //!    queries switch in the same step.
@@ -36,7 +36,7 @@ use wattdb_storage::{ObjectPath as ObjPath, Store};
 
 use crate::error::{Error, Result};
 use crate::persist::View;
-use crate::schema::readings_schema;
+use crate::schema::tier_schema;
 use crate::{PersistFaults, Shared};
 
 /// When and how much to compact.
@@ -124,6 +124,11 @@ pub(crate) struct Graveyard {
 }
 
 impl Graveyard {
+    /// Schedules the deletion of `paths` at `at`.
+    pub fn bury(&mut self, paths: impl IntoIterator<Item = ObjPath>, at: Instant) {
+        self.files.extend(paths.into_iter().map(|p| (p, at)));
+    }
+
     /// Deletes the files whose time has come; keeps those that fail for later.
     pub async fn sweep(&mut self, store: &Store, now: Instant) {
         let mut keep = Vec::new();
@@ -152,6 +157,11 @@ pub(crate) struct Compactor {
 }
 
 impl Compactor {
+    /// The files waiting for deletion, and how long they wait.
+    pub(crate) fn graveyard(&mut self) -> (&mut Graveyard, Duration) {
+        (&mut self.graveyard, self.config.delete_after)
+    }
+
     pub(crate) fn new(config: CompactionConfig) -> Self {
         Self {
             config,
@@ -237,7 +247,8 @@ pub(crate) async fn compact_once(
         return Ok(None);
     };
     let started = Instant::now();
-    let schema = readings_schema();
+    let tier = inputs[0].tier;
+    let (schema, time) = (tier_schema(tier), tier.time_column());
     let mut ranked: Vec<(u64, RecordBatch)> = Vec::with_capacity(inputs.len());
     for f in &inputs {
         let body = store.get(&f.object_path()).await?;
@@ -245,9 +256,9 @@ pub(crate) async fn compact_once(
             ranked.push((f.rank(), b));
         }
     }
-    let merged = files::merge_newest(&schema, &ranked, "ts")?;
+    let merged = files::merge_newest(&schema, &ranked, time)?;
     drop(ranked);
-    let props = files::writer_properties(&schema, "ts");
+    let props = files::writer_properties(&schema, time);
     let body = files::encode(&merged, props)?;
     let first = &inputs[0];
     let id = base.next_file_id;
@@ -260,7 +271,7 @@ pub(crate) async fn compact_once(
             id,
             &merged,
             body.len() as u64,
-            "ts",
+            time,
         )?
     };
     if let Some(f) = faults {
@@ -284,10 +295,10 @@ pub(crate) async fn compact_once(
             frozen: view.frozen.take(),
         };
     }
-    let delete_at = Instant::now() + config.delete_after;
-    graveyard
-        .files
-        .extend(inputs.iter().map(|f| (f.object_path(), delete_at)));
+    graveyard.bury(
+        inputs.iter().map(FileMeta::object_path),
+        Instant::now() + config.delete_after,
+    );
     let report = CompactionReport {
         input_files: inputs.len(),
         input_rows: inputs.iter().map(|f| f.rows).sum(),

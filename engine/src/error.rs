@@ -34,6 +34,8 @@ pub enum Error {
     Store(#[from] wattdb_storage::StoreError),
     #[error("encoding a Parquet file")]
     Encode(#[from] wattdb_storage::files::EncodeError),
+    #[error("invalid setting: {0}")]
+    Config(String),
     #[error("persistence failed: {0}")]
     Persist(String),
 }

@@ -37,7 +37,9 @@ mod compact;
 mod error;
 pub mod histogram;
 pub mod persist;
+pub mod retention;
 pub mod rollup;
+pub mod rollups;
 pub mod schema;
 mod writer;
 
@@ -59,7 +61,9 @@ pub use buffer::{Buffer, Frozen, LatestReading, WalPosition};
 pub use compact::{CompactionConfig, CompactionReport};
 pub use error::{Error, Result};
 pub use persist::{PersistReport, View};
-pub use schema::readings_schema;
+pub use retention::{Clock, RetentionConfig, RetentionReport};
+pub use rollups::RollupSettings;
+pub use schema::{readings_schema, rollup_schema, tier_schema};
 pub use wattdb_storage::{
     FileMeta, Manifest, ReadingBatch, ReadingRef, S3Config, Store, StoreConfig, Tier,
     validate_device_id,
@@ -92,6 +96,12 @@ pub struct EngineConfig {
     pub persist_faults: Option<PersistFaults>,
     /// When small Parquet files are merged.
     pub compaction: CompactionConfig,
+    /// The rollup tables' gap cap and late-data horizon.
+    pub rollups: RollupSettings,
+    /// How long each resolution is kept.
+    pub retention: RetentionConfig,
+    /// "Now", for retention and the late-data horizon.
+    pub clock: Clock,
 }
 
 impl Default for EngineConfig {
@@ -109,6 +119,9 @@ impl Default for EngineConfig {
             persist_bytes: 512 << 20,
             persist_faults: None,
             compaction: CompactionConfig::default(),
+            rollups: RollupSettings::default(),
+            retention: RetentionConfig::default(),
+            clock: Clock::System,
         }
     }
 }
@@ -188,6 +201,16 @@ pub struct EngineStats {
     pub compactions: AtomicU64,
     pub compacted_files: AtomicU64,
     pub compaction_errors: AtomicU64,
+    /// Rollup rows written, per resolution (1m, 1h, 1d), and their bytes.
+    pub rollup_rows: [AtomicU64; 3],
+    pub rollup_bytes: AtomicU64,
+    /// Plugs whose rollups a persist cycle recomputed from raw readings (late data, or
+    /// the first cycle after a start).
+    pub rollup_recomputed_plugs: AtomicU64,
+    /// Readings persisted raw but too late to change rollups.
+    pub rollup_too_late: AtomicU64,
+    /// Files removed by retention.
+    pub expired_files: AtomicU64,
 }
 
 pub(crate) struct Shared {
@@ -279,6 +302,7 @@ impl Engine {
             path: config.data_dir.clone(),
             source,
         })?;
+        config.rollups.validate().map_err(Error::Config)?;
         let lock = lock_data_dir(&config.data_dir)?;
         let store = match &config.store {
             Some(s) => s.clone(),
@@ -299,7 +323,7 @@ impl Engine {
             store = store.description(),
             manifest = manifest.version,
             files = manifest.files.len(),
-            rows = manifest.rows(),
+            rows = manifest.rows(Tier::Raw),
             "loaded the manifest"
         );
         let start = Instant::now();
@@ -397,6 +421,9 @@ impl Engine {
             persist_bytes: config.persist_bytes,
             faults: config.persist_faults.clone(),
             compaction: config.compaction.clone(),
+            rollups: config.rollups.clone(),
+            retention: config.retention.clone(),
+            clock: config.clock.clone(),
             runtime,
         };
         let persist_thread = std::thread::Builder::new()
@@ -516,6 +543,17 @@ impl Engine {
         self.inner
             .persist_tx
             .send(persist::Msg::Compact(reply))
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// Removes the files past their retention now (retention also runs by itself once
+    /// a minute).
+    pub async fn expire(&self) -> Result<RetentionReport> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .persist_tx
+            .send(persist::Msg::Expire(reply))
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.unwrap_or(Err(Error::ShuttingDown))
     }

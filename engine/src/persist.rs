@@ -38,6 +38,8 @@ use wattdb_storage::{Store, wal};
 use crate::buffer::Frozen;
 use crate::compact::{CompactionConfig, CompactionReport, Compactor};
 use crate::error::{Error, Result};
+use crate::retention::{self, Clock, RetentionConfig, RetentionReport};
+use crate::rollups::{RollupSettings, Rollups, Uploads};
 use crate::schema::readings_schema;
 use crate::{PersistFaults, Shared};
 
@@ -73,6 +75,8 @@ pub struct View {
 
 pub(crate) enum Msg {
     Now(oneshot::Sender<Result<PersistReport>>),
+    /// Apply retention now.
+    Expire(oneshot::Sender<Result<RetentionReport>>),
     /// Compact until no partition needs it; the reports of the jobs run.
     Compact(oneshot::Sender<Result<Vec<CompactionReport>>>),
     Shutdown,
@@ -87,8 +91,14 @@ pub(crate) struct PersisterArgs {
     pub persist_bytes: usize,
     pub faults: Option<PersistFaults>,
     pub compaction: CompactionConfig,
+    pub rollups: RollupSettings,
+    pub retention: RetentionConfig,
+    pub clock: Clock,
     pub runtime: tokio::runtime::Runtime,
 }
+
+/// Retention runs at most this often by itself.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
 /// The persist thread's loop.
 pub(crate) fn run(args: PersisterArgs) {
@@ -101,9 +111,15 @@ pub(crate) fn run(args: PersisterArgs) {
         persist_bytes,
         faults,
         compaction,
+        rollups,
+        retention,
+        clock,
         runtime,
     } = args;
     let mut compactor = Compactor::new(compaction);
+    let mut rollups = Rollups::new(rollups);
+    let mut expire_waiters: Vec<oneshot::Sender<Result<RetentionReport>>> = Vec::new();
+    let mut next_expiry = Instant::now();
     let mut compact_waiters: Vec<oneshot::Sender<Result<Vec<CompactionReport>>>> = Vec::new();
     let mut next_due = Instant::now() + interval;
     let mut backoff = Duration::from_millis(500);
@@ -114,6 +130,7 @@ pub(crate) fn run(args: PersisterArgs) {
         match rx.recv_timeout(Duration::from_millis(250)) {
             Ok(Msg::Now(reply)) => waiters.push(reply),
             Ok(Msg::Compact(reply)) => compact_waiters.push(reply),
+            Ok(Msg::Expire(reply)) => expire_waiters.push(reply),
             Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => shutdown = true,
             Err(RecvTimeoutError::Timeout) => {}
         }
@@ -128,7 +145,30 @@ pub(crate) fn run(args: PersisterArgs) {
             continue;
         }
         if !due {
-            // Between cycles: one compaction job, and deletion of replaced files.
+            // Between cycles: retention, one compaction job, and deletion of replaced
+            // files.
+            if retry_at.is_none() && (!expire_waiters.is_empty() || now >= next_expiry) {
+                next_expiry = now + RETENTION_EVERY;
+                let (graveyard, delete_after) = compactor.graveyard();
+                let result = runtime.block_on(retention::expire(
+                    &shared,
+                    &store,
+                    &retention,
+                    clock.now(),
+                    graveyard,
+                    delete_after,
+                    faults.as_ref(),
+                ));
+                if let Err(e) = &result {
+                    warn!(error = %e, source = ?std::error::Error::source(e), "applying retention failed; will retry");
+                }
+                for w in expire_waiters.drain(..) {
+                    let _ = w.send(match &result {
+                        Ok(r) => Ok(r.clone()),
+                        Err(e) => Err(Error::Persist(e.with_cause())),
+                    });
+                }
+            }
             if retry_at.is_none() {
                 compactor.step(
                     &runtime,
@@ -141,7 +181,15 @@ pub(crate) fn run(args: PersisterArgs) {
             continue;
         }
         let started = Instant::now();
-        let result = runtime.block_on(persist_all(&shared, &store, &wal_dir, faults.as_ref()));
+        let now_ns = clock.now();
+        let ctx = Cycle {
+            shared: &shared,
+            store: &store,
+            faults: faults.as_ref(),
+            now: now_ns,
+            raw_cutoff: retention.cutoff(Tier::Raw, now_ns),
+        };
+        let result = runtime.block_on(persist_all(&ctx, &mut rollups, &wal_dir));
         shared.stats.persist_duration.record(started.elapsed());
         match result {
             Ok(report) => {
@@ -180,16 +228,30 @@ pub(crate) fn run(args: PersisterArgs) {
     for w in compact_waiters.drain(..) {
         let _ = w.send(Err(Error::ShuttingDown));
     }
+    for w in expire_waiters.drain(..) {
+        let _ = w.send(Err(Error::ShuttingDown));
+    }
+}
+
+/// What a persist cycle works with.
+struct Cycle<'a> {
+    shared: &'a Shared,
+    store: &'a Store,
+    faults: Option<&'a PersistFaults>,
+    /// The clock's time at the start of the cycle.
+    now: i64,
+    /// Raw files older than this expire (retention).
+    raw_cutoff: Option<i64>,
 }
 
 /// Persists a pending frozen set (from an earlier failed cycle), then everything in the
 /// buffer now.
 async fn persist_all(
-    shared: &Shared,
-    store: &Store,
+    ctx: &Cycle<'_>,
+    rollups: &mut Rollups,
     wal_dir: &std::path::Path,
-    faults: Option<&PersistFaults>,
 ) -> Result<PersistReport> {
+    let shared = ctx.shared;
     let mut report = PersistReport {
         manifest_version: shared.view.read().manifest.version,
         ..Default::default()
@@ -203,7 +265,7 @@ async fn persist_all(
                 None => break,
             },
         };
-        report.add(persist_frozen(shared, store, &frozen, faults).await?);
+        report.add(persist_frozen(ctx, rollups, &frozen).await?);
         release_wal(shared, wal_dir);
     }
     Ok(report)
@@ -220,22 +282,49 @@ fn freeze(shared: &Shared) -> Option<Arc<Frozen>> {
 }
 
 async fn persist_frozen(
-    shared: &Shared,
-    store: &Store,
+    ctx: &Cycle<'_>,
+    rollups: &mut Rollups,
     frozen: &Arc<Frozen>,
-    faults: Option<&PersistFaults>,
 ) -> Result<PersistReport> {
+    let Cycle {
+        shared,
+        store,
+        faults,
+        ..
+    } = *ctx;
     let base = Arc::clone(&shared.view.read().manifest);
     let mut next_id = base.next_file_id;
-    let (new_files, bytes) = write_raw_files(store, &frozen.batches, &mut next_id, faults).await?;
+    let t = Instant::now();
+    let sorted = files::sort_rows(&readings_schema(), &frozen.batches, "ts")?;
+    let sort_ms = t.elapsed().as_millis() as u64;
+    let (new_files, bytes) = write_raw_files(store, &sorted, &mut next_id, faults).await?;
+    let t = Instant::now();
+    let mut uploads = Uploads {
+        store,
+        next_id: &mut next_id,
+        faults,
+    };
+    let mut update = rollups
+        .update(&mut uploads, &base, &sorted, ctx.now, ctx.raw_cutoff)
+        .await?;
+    tracing::debug!(
+        sort_ms,
+        rollup_ms = t.elapsed().as_millis() as u64,
+        rollup_files = update.files.len(),
+        recomputed_plugs = update.recomputed,
+        "rollups written"
+    );
+    drop(sorted);
     let mut m = base.next();
     m.next_file_id = next_id;
     m.persisted_seq = Some(frozen.max_seq.max(base.persisted_seq.unwrap_or(0)));
     m.files.extend(new_files.iter().cloned());
+    m.files.extend(update.files.iter().cloned());
     if let Some(f) = faults {
         f.check_commit()?;
     }
     m.commit(store).await?;
+    rollups.apply(&mut update);
     let version = m.version;
     {
         let mut view = shared.view.write();
@@ -251,6 +340,18 @@ async fn persist_frozen(
         .persisted_files
         .fetch_add(new_files.len() as u64, Ordering::Relaxed);
     stats.persisted_bytes.fetch_add(bytes, Ordering::Relaxed);
+    for (counter, rows) in stats.rollup_rows.iter().zip(update.rows) {
+        counter.fetch_add(rows, Ordering::Relaxed);
+    }
+    stats
+        .rollup_bytes
+        .fetch_add(update.bytes, Ordering::Relaxed);
+    stats
+        .rollup_recomputed_plugs
+        .fetch_add(update.recomputed as u64, Ordering::Relaxed);
+    stats
+        .rollup_too_late
+        .fetch_add(update.too_late, Ordering::Relaxed);
     stats
         .last_persisted_ts
         .fetch_max(frozen.max_ts, Ordering::Relaxed);
@@ -262,23 +363,20 @@ async fn persist_frozen(
     })
 }
 
-/// Sorts, partitions and uploads rows as raw files; returns their metadata.
+/// Partitions and uploads sorted rows as raw files; returns their metadata.
 async fn write_raw_files(
     store: &Store,
-    batches: &[RecordBatch],
+    sorted: &RecordBatch,
     next_id: &mut u64,
     faults: Option<&PersistFaults>,
 ) -> Result<(Vec<FileMeta>, u64)> {
     let schema = readings_schema();
     let props = files::writer_properties(&schema, "ts");
-    let t = Instant::now();
-    let sorted = files::sort_rows(&schema, batches, "ts")?;
-    let sort_ms = t.elapsed().as_millis() as u64;
     let mut encode_ms = 0;
     let mut upload_ms = 0;
     let mut out = Vec::new();
     let mut bytes = 0;
-    for (start, part) in files::split_by_partition(Tier::Raw, &sorted, "ts")? {
+    for (start, part) in files::split_by_partition(Tier::Raw, sorted, "ts")? {
         let mut offset = 0;
         while offset < part.num_rows() {
             let len = (part.num_rows() - offset).min(MAX_FILE_ROWS);
@@ -300,13 +398,7 @@ async fn write_raw_files(
             out.push(meta);
         }
     }
-    tracing::debug!(
-        sort_ms,
-        encode_ms,
-        upload_ms,
-        files = out.len(),
-        "raw files written"
-    );
+    tracing::debug!(encode_ms, upload_ms, files = out.len(), "raw files written");
     Ok((out, bytes))
 }
 

@@ -47,6 +47,74 @@ pub fn readings_schema() -> SchemaRef {
     Arc::clone(&SCHEMA)
 }
 
+/// Column names of the rollup tables (`readings_1m`, `readings_1h`, `readings_1d`), in
+/// order. See [`crate::rollup`] for what each holds.
+pub mod rollup_col {
+    pub const DEVICE_ID: &str = "device_id";
+    pub const BUCKET: &str = "bucket";
+    pub const COUNT: &str = "count";
+    pub const VOLTAGE_MIN: &str = "voltage_min";
+    pub const VOLTAGE_MAX: &str = "voltage_max";
+    pub const VOLTAGE_SUM: &str = "voltage_sum";
+    pub const CURRENT_MIN: &str = "current_min";
+    pub const CURRENT_MAX: &str = "current_max";
+    pub const CURRENT_SUM: &str = "current_sum";
+    pub const POWER_MIN: &str = "power_min";
+    pub const POWER_MAX: &str = "power_max";
+    pub const POWER_SUM: &str = "power_sum";
+    pub const ENERGY_FIRST: &str = "energy_first";
+    pub const ENERGY_LAST: &str = "energy_last";
+    pub const ENERGY_COUNTER_WH: &str = "energy_counter_wh";
+    pub const ENERGY_WH: &str = "energy_wh";
+    pub const RELAY_ON_S: &str = "relay_on_s";
+    pub const FIRST_TS: &str = "first_ts";
+    pub const LAST_TS: &str = "last_ts";
+    pub const LOCATION: &str = "location";
+    pub const DEVICE_TYPE: &str = "device_type";
+}
+
+static ROLLUP_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    use rollup_col as c;
+    let time = || DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
+    let float = |name: &str| Field::new(name, DataType::Float64, false);
+    Arc::new(Schema::new(vec![
+        Field::new(c::DEVICE_ID, DataType::Utf8, false),
+        Field::new(c::BUCKET, time(), false),
+        Field::new(c::COUNT, DataType::Int64, false),
+        float(c::VOLTAGE_MIN),
+        float(c::VOLTAGE_MAX),
+        float(c::VOLTAGE_SUM),
+        float(c::CURRENT_MIN),
+        float(c::CURRENT_MAX),
+        float(c::CURRENT_SUM),
+        float(c::POWER_MIN),
+        float(c::POWER_MAX),
+        float(c::POWER_SUM),
+        Field::new(c::ENERGY_FIRST, DataType::Float64, true),
+        Field::new(c::ENERGY_LAST, DataType::Float64, true),
+        float(c::ENERGY_COUNTER_WH),
+        float(c::ENERGY_WH),
+        float(c::RELAY_ON_S),
+        Field::new(c::FIRST_TS, time(), false),
+        Field::new(c::LAST_TS, time(), false),
+        Field::new(c::LOCATION, DataType::Utf8, true),
+        Field::new(c::DEVICE_TYPE, DataType::Utf8, true),
+    ]))
+});
+
+/// The schema of the rollup tables, one row per plug and bucket.
+pub fn rollup_schema() -> SchemaRef {
+    Arc::clone(&ROLLUP_SCHEMA)
+}
+
+/// The schema of the files of `tier`.
+pub fn tier_schema(tier: wattdb_storage::Tier) -> SchemaRef {
+    match tier {
+        wattdb_storage::Tier::Raw => readings_schema(),
+        _ => rollup_schema(),
+    }
+}
+
 /// Converts several decoded batches into one Arrow record batch.
 pub fn to_record_batch(parts: &[&ReadingBatch]) -> RecordBatch {
     let rows: usize = parts.iter().map(|b| b.len()).sum();

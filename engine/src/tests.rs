@@ -9,6 +9,8 @@ fn config(dir: &std::path::Path) -> EngineConfig {
     EngineConfig {
         data_dir: dir.to_owned(),
         wal_segment_size: 1 << 20,
+        // The readings here are from 1970: retention by the wall clock would expire them.
+        retention: RetentionConfig::forever(),
         ..EngineConfig::default()
     }
 }
@@ -176,9 +178,15 @@ async fn an_fsync_failure_poisons_the_engine_and_nothing_more_is_acknowledged() 
     assert_eq!(total_rows(&Engine::open(config(dir.path())).unwrap()), 3);
 }
 
+/// The raw files in the data directory.
 fn files_on_disk(dir: &std::path::Path) -> Vec<String> {
+    files_under(dir, "readings/resolution=raw")
+}
+
+/// The files under `sub` of the data directory.
+fn files_under(dir: &std::path::Path, sub: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut stack = vec![dir.join("readings")];
+    let mut stack = vec![dir.join(sub)];
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
             continue;
@@ -227,8 +235,8 @@ async fn persist_writes_hive_partitioned_files_and_releases_the_wal() {
     );
     let segments_after = wal::list_segments(&dir.path().join("wal")).unwrap().len();
     assert_eq!(segments_after, 1, "only the active segment is kept");
-    let m = engine.manifest();
-    assert_eq!(m.rows(), 8000);
+    let m = raw_manifest(&engine);
+    assert_eq!(m.rows(Tier::Raw), 8000);
     assert_eq!((m.files[0].min_ts, m.files[0].max_ts), (t0, t0 + 3999));
     assert_eq!(m.files[1].min_device, "p2");
     assert_eq!(engine.stats().persisted_rows.load(Ordering::Relaxed), 8000);
@@ -276,17 +284,24 @@ async fn a_failing_store_loses_nothing_and_a_crash_before_commit_leaves_no_orpha
         2,
         "the orphan is deleted at start"
     );
-    assert_eq!(engine.manifest().rows(), 150);
+    assert_eq!(engine.manifest().rows(Tier::Raw), 150);
     // The uncommitted rows come back from the WAL, once.
     assert_eq!(total_rows(&engine), 10);
     engine.persist().await.unwrap();
-    assert_eq!(engine.manifest().rows(), 160);
+    assert_eq!(engine.manifest().rows(Tier::Raw), 160);
 }
 
-/// `(device, ts, power)` of every row of the live files, in file order.
+/// The manifest with its raw files only.
+fn raw_manifest(engine: &Engine) -> Manifest {
+    let mut m = (*engine.manifest()).clone();
+    m.files.retain(|f| f.tier == Tier::Raw);
+    m
+}
+
+/// `(device, ts, power)` of every row of the live raw files, in file order.
 async fn file_rows(engine: &Engine) -> Vec<(String, i64, f64)> {
     let mut out = Vec::new();
-    for f in &engine.manifest().files {
+    for f in &raw_manifest(engine).files {
         let body = engine.store().get(&f.object_path()).await.unwrap();
         for b in wattdb_storage::files::decode(body).unwrap() {
             let dev = b.column_by_name("device_id").unwrap().as_string::<i32>();
@@ -339,21 +354,34 @@ async fn compaction_merges_small_files_keeps_the_newest_copy_and_survives_a_cras
         }
         engine.persist().await.unwrap();
     }
-    let m = engine.manifest();
+    let m = raw_manifest(&engine);
     assert_eq!(m.files.len(), 5);
+    let top_rank = m.files.iter().map(FileMeta::rank).max();
     assert_eq!(
-        m.rows(),
+        m.rows(Tier::Raw),
         1010,
         "the rewrite is a second copy until compaction"
     );
 
     // The merged file is uploaded but the manifest commit fails (a crash there).
+    let before = engine.manifest();
+    let files_before = files_under(dir.path(), "readings").len();
     faults.fail_next_commits(1);
     assert!(engine.compact().await.is_err());
-    assert_eq!(engine.manifest().files.len(), 5, "nothing changed");
-    assert_eq!(files_on_disk(dir.path()).len(), 6, "an unlisted file");
+    assert_eq!(engine.manifest(), before, "nothing changed");
+    assert_eq!(
+        files_under(dir.path(), "readings").len(),
+        files_before + 1,
+        "an unlisted file"
+    );
 
-    let reports = engine.compact().await.unwrap();
+    let reports: Vec<_> = engine
+        .compact()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.partition.contains("resolution=raw"))
+        .collect();
     assert_eq!(reports.len(), 1);
     assert_eq!(
         (
@@ -363,9 +391,9 @@ async fn compaction_merges_small_files_keeps_the_newest_copy_and_survives_a_cras
         ),
         (5, 1010, 1000)
     );
-    let m = engine.manifest();
+    let m = raw_manifest(&engine);
     assert_eq!(m.files.len(), 1);
-    assert_eq!(m.files[0].merged_rank, Some(5));
+    assert_eq!(m.files[0].merged_rank, top_rank);
     let rows = file_rows(&engine).await;
     assert_eq!(rows.len(), 1000);
     let mut expected = Vec::new();
@@ -384,7 +412,8 @@ async fn compaction_merges_small_files_keeps_the_newest_copy_and_survives_a_cras
         rows, expected,
         "sorted by plug and time, newest copy of each"
     );
-    assert_eq!(engine.stats().compacted_files.load(Ordering::Relaxed), 5);
+    // Five files in each of raw, 1m, 1h and 1d.
+    assert_eq!(engine.stats().compacted_files.load(Ordering::Relaxed), 20);
 
     // The replaced files go once their grace period is over (here: at once).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -399,9 +428,10 @@ async fn compaction_merges_small_files_keeps_the_newest_copy_and_survives_a_cras
     // A file persisted after the merge outranks it.
     engine.write(batch("p2", t0, 1)).await.unwrap();
     engine.persist().await.unwrap();
-    assert!(engine.manifest().files[1].rank() > engine.manifest().files[0].rank());
+    let m = raw_manifest(&engine);
+    assert!(m.files[1].rank() > m.files[0].rank());
     drop(engine);
     let engine = open();
-    assert_eq!(engine.manifest().rows(), 1001);
+    assert_eq!(engine.manifest().rows(Tier::Raw), 1001);
     assert_eq!(files_on_disk(dir.path()).len(), 2);
 }

@@ -20,7 +20,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::Statement;
-use wattdb_engine::Engine;
+use wattdb_engine::{Engine, Tier};
 
 pub use error::{Error, Result};
 pub use readings::ReadingsTable;
@@ -75,11 +75,13 @@ impl QueryEngine {
         let url = datafusion::execution::object_store::ObjectStoreUrl::parse(readings::STORE_URL)
             .map_err(Error::DataFusion)?;
         ctx.register_object_store(url.as_ref(), self.engine.store().reader());
-        ctx.register_table(
-            "readings",
-            Arc::new(ReadingsTable::new(self.engine.clone())),
-        )
-        .map_err(Error::DataFusion)?;
+        for tier in Tier::ALL {
+            ctx.register_table(
+                ReadingsTable::name(tier),
+                Arc::new(ReadingsTable::of_tier(self.engine.clone(), tier)),
+            )
+            .map_err(Error::DataFusion)?;
+        }
         Ok(ctx)
     }
 

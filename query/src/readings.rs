@@ -35,7 +35,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::prelude::{col, lit};
-use wattdb_engine::{Engine, FileMeta, Tier, readings_schema};
+use wattdb_engine::{Engine, FileMeta, ReadView, Tier, tier_schema};
 
 /// The URL under which the engine's object store is registered with DataFusion.
 pub const STORE_URL: &str = "wattdb://store/";
@@ -45,18 +45,36 @@ const ROW_NUMBER: &str = "_rn";
 const BUFFER_RANK: u64 = u64::MAX;
 const FROZEN_RANK: u64 = u64::MAX - 1;
 
-/// `readings`: every acknowledged reading, duplicates resolved.
+/// `readings`: every acknowledged reading, duplicates resolved; or, for a rollup tier,
+/// `readings_1m`, `readings_1h` or `readings_1d`: the rollup rows of the persisted
+/// readings, one per plug and bucket.
 #[derive(Debug)]
 pub struct ReadingsTable {
     engine: Engine,
+    tier: Tier,
     schema: SchemaRef,
 }
 
 impl ReadingsTable {
+    /// The raw `readings` table.
     pub fn new(engine: Engine) -> Self {
+        Self::of_tier(engine, Tier::Raw)
+    }
+
+    /// The table of `tier`.
+    pub fn of_tier(engine: Engine, tier: Tier) -> Self {
         Self {
             engine,
-            schema: readings_schema(),
+            tier,
+            schema: tier_schema(tier),
+        }
+    }
+
+    /// The table name of a tier: `readings`, `readings_1m`, `readings_1h`, `readings_1d`.
+    pub fn name(tier: Tier) -> String {
+        match tier {
+            Tier::Raw => "readings".to_owned(),
+            t => format!("readings_{}", t.name()),
         }
     }
 }
@@ -88,14 +106,24 @@ impl TableProvider for ReadingsTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let filters: Vec<Expr> = filters.iter().map(unqualify).collect::<DfResult<_>>()?;
-        let (from, to) = time_range(&filters);
+        let time = self.tier.time_column();
+        let (from, to) = time_range(&filters, time);
         let devices = device_range(&filters);
-        let view = self.engine.read_view(from, to);
+        let view = match self.tier {
+            Tier::Raw => self.engine.read_view(from, to),
+            // Rollup rows exist only in files.
+            _ => ReadView {
+                buffer: Vec::new(),
+                buffer_range: None,
+                frozen: None,
+                manifest: self.engine.manifest(),
+            },
+        };
         let files: Vec<FileMeta> = view
             .manifest
             .files
             .iter()
-            .filter(|f| f.tier == Tier::Raw)
+            .filter(|f| f.tier == self.tier)
             .filter(|f| from.is_none_or(|t| f.max_ts >= t) && to.is_none_or(|t| f.min_ts <= t))
             .filter(|f| {
                 devices.as_ref().is_none_or(|(lo, hi)| {
@@ -116,11 +144,12 @@ impl TableProvider for ReadingsTable {
             })
             .collect();
         let mut memory: Vec<(u64, Vec<RecordBatch>)> = Vec::new();
-        if let Some(f) = &view.frozen {
+        if let (Tier::Raw, Some(f)) = (self.tier, &view.frozen) {
             boxes.push((f.min_ts, f.max_ts, None));
             memory.push((FROZEN_RANK, f.batches.clone()));
         }
         if let Some((lo, hi)) = view.buffer_range
+            && self.tier == Tier::Raw
             && !view.buffer.is_empty()
         {
             boxes.push((lo, hi, None));
@@ -130,7 +159,7 @@ impl TableProvider for ReadingsTable {
         if !overlapping(&mut boxes) {
             let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
             if !files.is_empty() {
-                let t = FilesTable::new(files, false);
+                let t = FilesTable::new(files, self.tier, false);
                 inputs.push(t.scan(state, projection, &filters, limit).await?);
             }
             let batches: Vec<RecordBatch> = memory.into_iter().flat_map(|(_, b)| b).collect();
@@ -163,7 +192,7 @@ impl ReadingsTable {
             .as_any()
             .downcast_ref::<SessionState>()
             .ok_or_else(|| DataFusionError::Internal("unexpected session type".into()))?;
-        let ranked = ranked_schema();
+        let ranked = ranked_schema(self.tier);
         let mut tagged = Vec::new();
         for (rank, batches) in memory {
             for b in batches {
@@ -172,7 +201,11 @@ impl ReadingsTable {
         }
         let predicate = conjunction(filters.iter().cloned());
         let scan = |provider: Arc<dyn TableProvider>| -> DfResult<LogicalPlanBuilder> {
-            let b = LogicalPlanBuilder::scan("readings", provider_as_source(provider), None)?;
+            let b = LogicalPlanBuilder::scan(
+                ReadingsTable::name(self.tier),
+                provider_as_source(provider),
+                None,
+            )?;
             match &predicate {
                 Some(p) => b.filter(p.clone()),
                 None => Ok(b),
@@ -184,11 +217,11 @@ impl ReadingsTable {
         )?);
         let mut plan = scan(mem)?;
         if !files.is_empty() {
-            let f = scan(Arc::new(FilesTable::new(files, true)))?.build()?;
+            let f = scan(Arc::new(FilesTable::new(files, self.tier, true)))?.build()?;
             plan = plan.union(f)?;
         }
         let newest = row_number()
-            .partition_by(vec![col("device_id"), col("ts")])
+            .partition_by(vec![col("device_id"), col(self.tier.time_column())])
             .order_by(vec![col(RANK).sort(false, true)])
             .build()?
             .alias(ROW_NUMBER);
@@ -208,23 +241,26 @@ impl ReadingsTable {
     }
 }
 
-/// Raw Parquet files from the manifest, optionally with each file's rank as `_rank`.
+/// Parquet files of one tier from the manifest, optionally with each file's rank as
+/// `_rank`.
 #[derive(Debug)]
 struct FilesTable {
     files: Vec<FileMeta>,
+    tier: Tier,
     ranked: bool,
     schema: SchemaRef,
 }
 
 impl FilesTable {
-    fn new(files: Vec<FileMeta>, ranked: bool) -> Self {
+    fn new(files: Vec<FileMeta>, tier: Tier, ranked: bool) -> Self {
         let schema = if ranked {
-            ranked_schema()
+            ranked_schema(tier)
         } else {
-            readings_schema()
+            tier_schema(tier)
         };
         Self {
             files,
+            tier,
             ranked,
             schema,
         }
@@ -255,8 +291,9 @@ impl TableProvider for FilesTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let file_schema = tier_schema(self.tier);
         let table_schema = if self.ranked {
-            TableSchema::builder(readings_schema())
+            TableSchema::builder(Arc::clone(&file_schema))
                 .with_table_partition_cols(vec![Arc::new(Field::new(
                     RANK,
                     DataType::UInt64,
@@ -264,7 +301,7 @@ impl TableProvider for FilesTable {
                 ))])
                 .build()
         } else {
-            TableSchema::from(readings_schema())
+            TableSchema::from(Arc::clone(&file_schema))
         };
         let mut source = ParquetSource::new(table_schema)
             .with_enable_page_index(true)
@@ -279,7 +316,7 @@ impl TableProvider for FilesTable {
             .filter(|f| !f.column_refs().iter().any(|c| c.name == RANK))
             .collect();
         if let Some(predicate) = conjunction(file_filters) {
-            let df_schema = DFSchema::try_from(readings_schema().as_ref().clone())?;
+            let df_schema = DFSchema::try_from(file_schema.as_ref().clone())?;
             source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
         }
         let n = state
@@ -311,8 +348,8 @@ impl TableProvider for FilesTable {
     }
 }
 
-fn ranked_schema() -> SchemaRef {
-    let mut fields: Vec<Field> = readings_schema()
+fn ranked_schema(tier: Tier) -> SchemaRef {
+    let mut fields: Vec<Field> = tier_schema(tier)
         .fields()
         .iter()
         .map(|f| f.as_ref().clone())
@@ -377,11 +414,12 @@ fn split(batches: Vec<RecordBatch>, n: usize) -> Vec<Vec<RecordBatch>> {
     parts
 }
 
-/// The inclusive time range the filters allow (nanoseconds; `None` = open).
-fn time_range(filters: &[Expr]) -> (Option<i64>, Option<i64>) {
+/// The inclusive range of the `time` column the filters allow (nanoseconds; `None` =
+/// open).
+fn time_range(filters: &[Expr], time: &str) -> (Option<i64>, Option<i64>) {
     let (mut from, mut to) = (None::<i64>, None::<i64>);
     for f in filters {
-        match time_bound(f) {
+        match time_bound(f, time) {
             Some(Bound::From(t)) => from = Some(from.map_or(t, |x| x.max(t))),
             Some(Bound::To(t)) => to = Some(to.map_or(t, |x| x.min(t))),
             Some(Bound::Exactly(t)) => {
@@ -449,14 +487,14 @@ enum Bound {
     Exactly(i64),
 }
 
-/// Reads `ts <op> literal` (either side) as an inclusive bound in nanoseconds.
-fn time_bound(e: &Expr) -> Option<Bound> {
+/// Reads `time <op> literal` (either side) as an inclusive bound in nanoseconds.
+fn time_bound(e: &Expr, time: &str) -> Option<Bound> {
     let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else {
         return None;
     };
     let (op, lit) = match (left.as_ref(), right.as_ref()) {
-        (Expr::Column(c), Expr::Literal(v, _)) if c.name == "ts" => (*op, v),
-        (Expr::Literal(v, _), Expr::Column(c)) if c.name == "ts" => (op.swap()?, v),
+        (Expr::Column(c), Expr::Literal(v, _)) if c.name == time => (*op, v),
+        (Expr::Literal(v, _), Expr::Column(c)) if c.name == time => (op.swap()?, v),
         _ => return None,
     };
     let t = nanos(lit)?;

@@ -69,6 +69,15 @@ impl Tier {
         }
     }
 
+    /// The column that orders a file's rows per plug and that its time ranges are
+    /// about: `ts` for raw readings, `bucket` for rollups.
+    pub fn time_column(self) -> &'static str {
+        match self {
+            Tier::Raw => "ts",
+            Tier::Minute | Tier::Hour | Tier::Day => "bucket",
+        }
+    }
+
     /// Start of the directory partition holding time `ts` (ns, UTC).
     pub fn partition_start(self, ts: i64) -> i64 {
         match self {

@@ -128,8 +128,13 @@ impl Manifest {
         }
     }
 
-    pub fn rows(&self) -> u64 {
-        self.files.iter().map(|f| f.rows).sum()
+    /// Rows in the files of `tier`.
+    pub fn rows(&self, tier: crate::files::Tier) -> u64 {
+        self.files
+            .iter()
+            .filter(|f| f.tier == tier)
+            .map(|f| f.rows)
+            .sum()
     }
 
     pub fn bytes(&self) -> u64 {

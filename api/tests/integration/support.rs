@@ -48,6 +48,7 @@ impl Server {
             .arg(&self.data_dir)
             .args(&self.extra)
             .args(self.no_mqtt())
+            .args(self.keep_forever())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
@@ -79,6 +80,23 @@ impl Server {
             .iter()
             .any(|a| a.starts_with("--mqtt") || a == "--no-mqtt");
         (!mqtt).then_some("--no-mqtt")
+    }
+
+    /// Tests that do not set a retention keep everything: their readings have fixed
+    /// times, which retention by the wall clock would expire as the calendar moves on.
+    fn keep_forever(&self) -> Vec<&'static str> {
+        if self.extra.iter().any(|a| a.starts_with("--retention")) {
+            return Vec::new();
+        }
+        [
+            "--retention-raw",
+            "--retention-1m",
+            "--retention-1h",
+            "--retention-1d",
+        ]
+        .into_iter()
+        .flat_map(|flag| [flag, "forever"])
+        .collect()
     }
 
     /// The counter or gauge `name` (with its labels, as printed) from `/metrics`.

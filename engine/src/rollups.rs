@@ -1,0 +1,881 @@
+//! The rollup tables on the object store, `readings_1m`, `readings_1h` and
+//! `readings_1d`, kept up to date as persistence writes raw readings.
+//!
+//! [`crate::rollup`] defines the partials; this module decides which to compute and
+//! writes them. It runs inside every persist cycle, after the raw files of the frozen
+//! rows are uploaded and before the manifest commit, so that one commit publishes raw
+//! readings together with the rollups that cover them: a crash leaves neither without
+//! the other, and retention can drop raw files knowing their rollups exist.
+//!
+//! For each plug in the frozen rows:
+//! - **In order** (the common case): every frozen reading is newer than the plug's
+//!   newest persisted one. The engine keeps, per plug, that reading, the last counter
+//!   value, and the open 1m, 1h and 1d partials (the plug's *tail*, in memory). The new
+//!   readings extend it: partials for the new buckets, and the open buckets merged with
+//!   what the new readings add to them ([`Partial::merge_from`]). No file is read.
+//! - **Otherwise** (late, out-of-order or rewritten readings, or a plug with no tail yet,
+//!   as in the first cycle after a start): the plug's partials are recomputed from raw
+//!   readings, hour by hour, from the hour of its oldest frozen reading up to its newest
+//!   reading. Each hour's readings come from that hour's raw files and the frozen rows,
+//!   duplicates resolved by rank exactly as queries of `readings` resolve them. What
+//!   the recomputation starts from: the plug's last reading in the hour before (within
+//!   the gap cap), its last counter value before the hour (from the day's 1h partials
+//!   so far, else from the 1d partials of earlier days), and the day's 1h partials
+//!   before the hour, which together with the recomputed hours give the 1d partial.
+//!   Memory: one hour of raw readings of the recomputed plugs at a time, and the rollup
+//!   rows, which are uploaded in parts of [`FLUSH_ROWS`].
+//!
+//! A recomputed or extended bucket is written again, in a new file; as with raw files,
+//! the copy in the file of higher rank wins, so queries and compaction see one row per
+//! plug and bucket. 1h partials are always built from 1m partials and 1d from 1h.
+//!
+//! **Late-data horizon.** Readings older than [`RollupSettings::horizon`] before the
+//! newest persisted reading (or before now, if that is earlier) are stored as raw
+//! readings but do not change rollups when they would need a recomputation: the cost
+//! of a recomputation grows with how late the reading is. The count is reported
+//! (`wattdb_rollup_too_late_readings_total`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    StringBuilder, TimestampNanosecondArray,
+};
+use arrow::compute::filter_record_batch;
+use wattdb_storage::files::{self, EncodeError, FileMeta, Tier};
+use wattdb_storage::{Manifest, Store};
+
+use crate::PersistFaults;
+use crate::error::Result;
+use crate::rollup::{Partial, Resolution, RollupConfig, Sample, compute};
+use crate::schema::{col, readings_schema, rollup_col as rc, rollup_schema};
+
+/// Nanoseconds in an hour: the unit of recomputation.
+const HOUR_NS: i64 = 3_600_000_000_000;
+
+/// Rollup rows kept in memory before they are uploaded.
+pub const FLUSH_ROWS: usize = 1 << 20;
+
+/// Settings of the rollup tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupSettings {
+    pub math: RollupConfig,
+    /// How late a reading may be and still be rolled up when that needs a
+    /// recomputation (default 3 days).
+    pub horizon: Duration,
+}
+
+impl Default for RollupSettings {
+    fn default() -> Self {
+        Self {
+            math: RollupConfig::default(),
+            horizon: Duration::from_secs(3 * 86_400),
+        }
+    }
+}
+
+impl RollupSettings {
+    /// The settings' own constraints (the gap cap must stay under an hour: the
+    /// predecessor of an hour's first reading is looked for in the hour before).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.math.gap_cap_ns >= HOUR_NS {
+            return Err(format!(
+                "the rollup gap cap (--rollup-gap-cap) must be under one hour, not {} s",
+                self.math.gap_cap_ns / 1_000_000_000
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One row of a rollup table: a plug's partial over one bucket, with the tags of the
+/// bucket's last reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub device: Arc<str>,
+    pub p: Partial,
+    pub location: Option<Arc<str>>,
+    pub device_type: Option<Arc<str>>,
+}
+
+/// What the engine keeps of a plug to extend its rollups with newer readings.
+#[derive(Debug, Clone)]
+struct Tail {
+    /// The plug's newest persisted reading.
+    last: Sample,
+    /// Its newest persisted counter value.
+    last_energy: Option<f64>,
+    /// The newest 1m, 1h and 1d rows.
+    open: [Row; 3],
+}
+
+/// The rollup state of the engine: the tails of the plugs seen since the start.
+#[derive(Debug, Default)]
+pub(crate) struct Rollups {
+    settings: RollupSettings,
+    tails: HashMap<Arc<str>, Tail>,
+}
+
+/// The rollup files of one persist cycle, and the tails to keep once it is committed.
+#[derive(Debug, Default)]
+pub(crate) struct Update {
+    pub files: Vec<FileMeta>,
+    pub bytes: u64,
+    /// Rows written per resolution (1m, 1h, 1d).
+    pub rows: [u64; 3],
+    /// Plugs whose rollups were recomputed from raw readings.
+    pub recomputed: usize,
+    /// Frozen readings too late to be rolled up.
+    pub too_late: u64,
+    tails: Vec<(Arc<str>, Tail)>,
+}
+
+impl Rollups {
+    pub fn new(settings: RollupSettings) -> Self {
+        Self {
+            settings,
+            tails: HashMap::new(),
+        }
+    }
+
+    /// Keeps the tails of a committed update.
+    pub fn apply(&mut self, update: &mut Update) {
+        for (device, tail) in update.tails.drain(..) {
+            self.tails.insert(device, tail);
+        }
+    }
+
+    /// Computes and uploads the rollup rows that `sorted` (the frozen rows, sorted by
+    /// `(device_id, ts)`, one row per key) changes, given the committed files of
+    /// `base`. `now` is the current time and `raw_cutoff` the time before which raw
+    /// files expire, if they do. Nothing is visible until the caller commits the
+    /// returned files with the raw files.
+    pub async fn update(
+        &self,
+        uploads: &mut Uploads<'_>,
+        base: &Manifest,
+        sorted: &RecordBatch,
+        now: i64,
+        raw_cutoff: Option<i64>,
+    ) -> Result<Update> {
+        let raw = RawRows::new(sorted)?;
+        let mut update = Update::default();
+        let mut out = Output::default();
+        let newest = base
+            .files
+            .iter()
+            .filter(|f| f.tier == Tier::Raw)
+            .map(|f| f.max_ts)
+            .chain(raw.ts.iter().copied())
+            .max()
+            .unwrap_or(now);
+        let horizon = i64::try_from(self.settings.horizon.as_nanos()).unwrap_or(i64::MAX);
+        let mut cutoff = now.min(newest).saturating_sub(horizon);
+        if let Some(c) = raw_cutoff {
+            // A recomputation reads the hour before its first: keep it within raw data.
+            cutoff = cutoff.max(c.saturating_add(HOUR_NS));
+        }
+        let mut starts: HashMap<Arc<str>, i64> = HashMap::new();
+        for run in raw.device_runs() {
+            let device = raw.device.value(run.start);
+            match self.tails.get(device) {
+                Some(tail) if raw.ts[run.start] > tail.last.ts => {
+                    let device: Arc<str> = Arc::from(device);
+                    let tail = extend(tail, &device, &raw, run, &self.settings.math, &mut out);
+                    update.tails.push((device, tail));
+                }
+                _ => {
+                    let rows = &raw.ts[run.clone()];
+                    let late = rows.partition_point(|&t| t < cutoff);
+                    update.too_late += late as u64;
+                    if late < rows.len() {
+                        let h0 = Resolution::Hour.bucket_start(rows[late]);
+                        starts.insert(Arc::from(device), h0);
+                    }
+                }
+            }
+            if out.len() >= FLUSH_ROWS {
+                out.flush(uploads, &mut update).await?;
+            }
+        }
+        if !starts.is_empty() {
+            update.recomputed = starts.len();
+            let tails = recompute(
+                uploads,
+                &base.files,
+                sorted,
+                &starts,
+                &self.settings.math,
+                &mut out,
+                &mut update,
+            )
+            .await?;
+            update.tails.extend(tails);
+        }
+        out.flush(uploads, &mut update).await?;
+        Ok(update)
+    }
+}
+
+/// Where new files go: the store, the next file id, and injected failures (tests).
+pub(crate) struct Uploads<'a> {
+    pub store: &'a Store,
+    pub next_id: &'a mut u64,
+    pub faults: Option<&'a PersistFaults>,
+}
+
+/// Rollup rows waiting to be uploaded, per resolution.
+#[derive(Debug, Default)]
+struct Output {
+    rows: [Vec<Row>; 3],
+}
+
+impl Output {
+    fn len(&self) -> usize {
+        self.rows.iter().map(Vec::len).sum()
+    }
+
+    fn push(&mut self, res: Resolution, rows: impl IntoIterator<Item = Row>) {
+        self.rows[index(res)].extend(rows);
+    }
+
+    /// Uploads the rows as files of their tiers (not yet listed in any manifest).
+    async fn flush(&mut self, uploads: &mut Uploads<'_>, update: &mut Update) -> Result<()> {
+        let schema = rollup_schema();
+        let props = files::writer_properties(&schema, rc::BUCKET);
+        for res in Resolution::ALL {
+            let rows = std::mem::take(&mut self.rows[index(res)]);
+            if rows.is_empty() {
+                continue;
+            }
+            update.rows[index(res)] += rows.len() as u64;
+            let batch = rows_to_batch(&rows)?;
+            drop(rows);
+            let sorted = files::sort_rows(&schema, &[batch], rc::BUCKET)?;
+            let tier = tier_of(res);
+            for (start, part) in files::split_by_partition(tier, &sorted, rc::BUCKET)? {
+                let body = files::encode(&part, props.clone())?;
+                let id = *uploads.next_id;
+                *uploads.next_id += 1;
+                let meta =
+                    FileMeta::describe(tier, start, id, &part, body.len() as u64, rc::BUCKET)?;
+                if let Some(f) = uploads.faults {
+                    f.check_upload()?;
+                }
+                uploads.store.put(&meta.object_path(), body).await?;
+                update.bytes += meta.size;
+                update.files.push(meta);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn index(res: Resolution) -> usize {
+    match res {
+        Resolution::Minute => 0,
+        Resolution::Hour => 1,
+        Resolution::Day => 2,
+    }
+}
+
+/// The store tier of a rollup resolution.
+pub fn tier_of(res: Resolution) -> Tier {
+    match res {
+        Resolution::Minute => Tier::Minute,
+        Resolution::Hour => Tier::Hour,
+        Resolution::Day => Tier::Day,
+    }
+}
+
+/// Extends a plug's tail with newer readings (`run` of `raw`); the new tail.
+fn extend(
+    tail: &Tail,
+    device: &Arc<str>,
+    raw: &RawRows<'_>,
+    run: Range<usize>,
+    cfg: &RollupConfig,
+    out: &mut Output,
+) -> Tail {
+    let samples: Vec<Sample> = run.clone().map(|i| raw.sample(i)).collect();
+    let partials = compute(
+        Resolution::Minute,
+        Some(&tail.last),
+        tail.last_energy,
+        &samples,
+        cfg,
+    );
+    let minute = tagged(device, raw, run.start, &samples, partials);
+    let hour = roll_rows(Resolution::Hour, &minute);
+    let day = roll_rows(Resolution::Day, &hour);
+    let mut tiers = [minute, hour, day];
+    for (rows, open) in tiers.iter_mut().zip(&tail.open) {
+        continue_open(open, rows);
+    }
+    let last = |rows: &[Row], open: &Row| rows.last().unwrap_or(open).clone();
+    let new = Tail {
+        last: samples.last().copied().unwrap_or(tail.last),
+        last_energy: samples
+            .iter()
+            .rev()
+            .find_map(|s| s.energy)
+            .or(tail.last_energy),
+        open: [
+            last(&tiers[0], &tail.open[0]),
+            last(&tiers[1], &tail.open[1]),
+            last(&tiers[2], &tail.open[2]),
+        ],
+    };
+    for (res, rows) in Resolution::ALL.into_iter().zip(tiers) {
+        out.push(res, rows);
+    }
+    new
+}
+
+/// When the first new row is of the open row's bucket, it becomes the open row merged
+/// with it (the open row covers the earlier readings of the bucket).
+fn continue_open(open: &Row, rows: &mut [Row]) {
+    if let Some(first) = rows.first_mut()
+        && first.p.bucket == open.p.bucket
+    {
+        let mut merged = open.clone();
+        merge_row(&mut merged, first);
+        *first = merged;
+    }
+}
+
+/// Folds `later` (same plug, later readings) into `row`; the tags of the later one win.
+fn merge_row(row: &mut Row, later: &Row) {
+    row.p.merge_from(&later.p);
+    row.location.clone_from(&later.location);
+    row.device_type.clone_from(&later.device_type);
+}
+
+/// [`crate::rollup::roll_up`] for rows: one plug's rows, sorted by bucket, merged into
+/// rows of the coarser resolution `to`.
+fn roll_rows(to: Resolution, finer: &[Row]) -> Vec<Row> {
+    let mut out: Vec<Row> = Vec::new();
+    for r in finer {
+        let bucket = to.bucket_start(r.p.bucket);
+        match out.last_mut() {
+            Some(c) if c.p.bucket == bucket => merge_row(c, r),
+            _ => {
+                let mut row = r.clone();
+                row.p.bucket = bucket;
+                out.push(row);
+            }
+        }
+    }
+    out
+}
+
+/// Rows for `partials` of one plug, computed from `samples` (rows `base..` of `raw`):
+/// each with the tags of its last reading.
+fn tagged(
+    device: &Arc<str>,
+    raw: &RawRows<'_>,
+    base: usize,
+    samples: &[Sample],
+    partials: Vec<Partial>,
+) -> Vec<Row> {
+    partials
+        .into_iter()
+        .map(|p| {
+            let i = base + samples.partition_point(|s| s.ts < p.last_ts);
+            Row {
+                device: Arc::clone(device),
+                location: raw.tag(raw.location, i),
+                device_type: raw.tag(raw.device_type, i),
+                p,
+            }
+        })
+        .collect()
+}
+
+/// What a recomputation carries from one hour to the next, per plug.
+#[derive(Debug, Default)]
+struct Carry {
+    prev: Option<Sample>,
+    prev_energy: Option<f64>,
+    minute: Option<Row>,
+    hour: Option<Row>,
+    day: Option<Row>,
+}
+
+/// Recomputes the rollups of the plugs in `starts` from the hour given for each up to
+/// their newest reading; the plugs' new tails.
+async fn recompute(
+    uploads: &mut Uploads<'_>,
+    files: &[FileMeta],
+    frozen: &RecordBatch,
+    starts: &HashMap<Arc<str>, i64>,
+    cfg: &RollupConfig,
+    out: &mut Output,
+    update: &mut Update,
+) -> Result<Vec<(Arc<str>, Tail)>> {
+    let store = uploads.store;
+    let devices = DeviceSet::new(starts);
+    let first_hour = starts.values().copied().min().unwrap_or(0);
+    let last_hour = starts.values().copied().max().unwrap_or(0);
+    let day = |h: i64| Resolution::Day.bucket_start(h);
+    let mut carries: HashMap<Arc<str>, Carry> = HashMap::with_capacity(starts.len());
+
+    // The day so far: 1h rows from the start of each plug's day to its first hour.
+    let prefix = read_rollups(
+        store,
+        files,
+        Tier::Hour,
+        &devices,
+        (day(first_hour), last_hour),
+        |device, bucket, _| {
+            starts
+                .get(device)
+                .is_some_and(|&h| bucket >= day(h) && bucket < h)
+        },
+    )
+    .await?;
+    for row in prefix {
+        let c = carries.entry(Arc::clone(&row.device)).or_default();
+        c.prev_energy = row.p.energy_last.or(c.prev_energy);
+        match &mut c.day {
+            Some(d) => merge_row(d, &row),
+            None => c.day = roll_rows(Resolution::Day, std::slice::from_ref(&row)).pop(),
+        }
+    }
+    // The counter before the day: from the 1d rows of earlier days.
+    let missing: HashMap<&str, i64> = starts
+        .iter()
+        .filter(|(d, _)| carries.get(&**d).is_none_or(|c| c.prev_energy.is_none()))
+        .map(|(d, &h)| (&**d, day(h)))
+        .collect();
+    if !missing.is_empty() {
+        let earlier = read_rollups(
+            store,
+            files,
+            Tier::Day,
+            &devices,
+            (i64::MIN, day(last_hour) - 1),
+            |device, bucket, has_energy| {
+                has_energy && missing.get(device).is_some_and(|&d| bucket < d)
+            },
+        )
+        .await?;
+        for row in earlier {
+            // Sorted by bucket: the last one per plug wins.
+            carries
+                .entry(Arc::clone(&row.device))
+                .or_default()
+                .prev_energy = row.p.energy_last;
+        }
+    }
+
+    // The hours to read: from the hour before each plug's first.
+    let keep = |device: &str, ts: i64, hour: i64, cap: i64| {
+        starts.get(device).is_some_and(|&h| {
+            hour >= h || (hour == h - HOUR_NS && ts >= h.saturating_sub(cap.max(0)))
+        })
+    };
+    let raw_files: Vec<&FileMeta> = files
+        .iter()
+        .filter(|f| f.tier == Tier::Raw && f.max_ts >= first_hour - HOUR_NS)
+        .filter(|f| devices.may_hold(&f.min_device, &f.max_device))
+        .collect();
+    let mut hours: BTreeMap<i64, Vec<&FileMeta>> = BTreeMap::new();
+    for f in raw_files {
+        hours
+            .entry(Tier::Raw.partition_start(f.min_ts))
+            .or_default()
+            .push(f);
+    }
+    let frozen_rows = {
+        let raw = RawRows::new(frozen)?;
+        let mask: BooleanArray = (0..frozen.num_rows())
+            .map(|i| {
+                let ts = raw.ts[i];
+                Some(keep(
+                    raw.device.value(i),
+                    ts,
+                    Tier::Raw.partition_start(ts),
+                    cfg.gap_cap_ns,
+                ))
+            })
+            .collect();
+        filter_record_batch(frozen, &mask).map_err(EncodeError::from)?
+    };
+    let mut frozen_by_hour: BTreeMap<i64, RecordBatch> =
+        files::split_by_partition(Tier::Raw, &frozen_rows, col::TS)?
+            .into_iter()
+            .filter(|(_, b)| b.num_rows() > 0)
+            .collect();
+    let all_hours: BTreeSet<i64> = hours
+        .keys()
+        .chain(frozen_by_hour.keys())
+        .copied()
+        .filter(|&h| h >= first_hour - HOUR_NS)
+        .collect();
+    let schema = readings_schema();
+    for hour in all_hours {
+        let mut inputs: Vec<(u64, RecordBatch)> = Vec::new();
+        for f in hours.get(&hour).map(Vec::as_slice).unwrap_or_default() {
+            let body = store.get(&f.object_path()).await?;
+            for b in files::decode(body)? {
+                let raw = RawRows::new(&b)?;
+                let mask: BooleanArray = (0..b.num_rows())
+                    .map(|i| Some(keep(raw.device.value(i), raw.ts[i], hour, cfg.gap_cap_ns)))
+                    .collect();
+                let b = filter_record_batch(&b, &mask).map_err(EncodeError::from)?;
+                if b.num_rows() > 0 {
+                    inputs.push((f.rank(), b));
+                }
+            }
+        }
+        if let Some(b) = frozen_by_hour.remove(&hour) {
+            inputs.push((u64::MAX, b));
+        }
+        if inputs.is_empty() {
+            continue;
+        }
+        let merged = files::merge_newest(&schema, &inputs, col::TS)?;
+        drop(inputs);
+        let raw = RawRows::new(&merged)?;
+        for run in raw.device_runs() {
+            let name = raw.device.value(run.start);
+            let Some((device, &h0)) = starts.get_key_value(name) else {
+                continue;
+            };
+            let c = carries.entry(Arc::clone(device)).or_default();
+            if hour < h0 {
+                // The reading before the plug's first hour (within the gap cap).
+                let s = raw.sample(run.end - 1);
+                c.prev_energy = s.energy.or(c.prev_energy);
+                c.prev = Some(s);
+                continue;
+            }
+            let samples: Vec<Sample> = run.clone().map(|i| raw.sample(i)).collect();
+            let partials = compute(
+                Resolution::Minute,
+                c.prev.as_ref(),
+                c.prev_energy,
+                &samples,
+                cfg,
+            );
+            let minute = tagged(device, &raw, run.start, &samples, partials);
+            let hour_rows = roll_rows(Resolution::Hour, &minute);
+            if let Some(last) = samples.last() {
+                c.prev_energy = samples
+                    .iter()
+                    .rev()
+                    .find_map(|s| s.energy)
+                    .or(c.prev_energy);
+                c.prev = Some(*last);
+            }
+            for h in &hour_rows {
+                match &mut c.day {
+                    Some(d) if d.p.bucket == day(h.p.bucket) => merge_row(d, h),
+                    _ => {
+                        let next = roll_rows(Resolution::Day, std::slice::from_ref(h)).pop();
+                        if let Some(done) = std::mem::replace(&mut c.day, next) {
+                            out.push(Resolution::Day, [done]);
+                        }
+                    }
+                }
+            }
+            c.minute = minute.last().cloned().or(c.minute.take());
+            c.hour = hour_rows.last().cloned().or(c.hour.take());
+            out.push(Resolution::Minute, minute);
+            out.push(Resolution::Hour, hour_rows);
+        }
+        if out.len() >= FLUSH_ROWS {
+            out.flush(uploads, update).await?;
+        }
+    }
+    let mut tails = Vec::with_capacity(carries.len());
+    for (device, c) in carries {
+        if let Some(d) = &c.day {
+            out.push(Resolution::Day, [d.clone()]);
+        }
+        if let (Some(last), Some(m), Some(h), Some(d)) = (c.prev, c.minute, c.hour, c.day) {
+            tails.push((
+                device,
+                Tail {
+                    last,
+                    last_energy: c.prev_energy,
+                    open: [m, h, d],
+                },
+            ));
+        }
+    }
+    Ok(tails)
+}
+
+/// The plugs of a recomputation, for pruning files by their device range.
+struct DeviceSet<'a> {
+    min: &'a str,
+    max: &'a str,
+}
+
+impl<'a> DeviceSet<'a> {
+    fn new(starts: &'a HashMap<Arc<str>, i64>) -> Self {
+        let min = starts.keys().map(|d| &**d).min().unwrap_or("");
+        let max = starts.keys().map(|d| &**d).max().unwrap_or("");
+        Self { min, max }
+    }
+
+    fn may_hold(&self, lo: &str, hi: &str) -> bool {
+        lo <= self.max && hi >= self.min
+    }
+}
+
+/// The rows of `tier` with buckets in `range` (inclusive) that `wanted(device, bucket,
+/// has a counter value)` selects, one per plug and bucket (highest rank), sorted by
+/// plug and bucket.
+async fn read_rollups(
+    store: &Store,
+    files: &[FileMeta],
+    tier: Tier,
+    devices: &DeviceSet<'_>,
+    range: (i64, i64),
+    wanted: impl Fn(&str, i64, bool) -> bool,
+) -> Result<Vec<Row>> {
+    let mut inputs: Vec<(u64, RecordBatch)> = Vec::new();
+    for f in files.iter().filter(|f| {
+        f.tier == tier
+            && f.max_ts >= range.0
+            && f.min_ts <= range.1
+            && devices.may_hold(&f.min_device, &f.max_device)
+    }) {
+        let body = store.get(&f.object_path()).await?;
+        for b in files::decode(body)? {
+            let cols = RollupColumns::new(&b)?;
+            let mask: BooleanArray = (0..b.num_rows())
+                .map(|i| {
+                    Some(wanted(
+                        cols.device.value(i),
+                        cols.bucket.value(i),
+                        cols.energy_last.is_valid(i),
+                    ))
+                })
+                .collect();
+            let b = filter_record_batch(&b, &mask).map_err(EncodeError::from)?;
+            if b.num_rows() > 0 {
+                inputs.push((f.rank(), b));
+            }
+        }
+    }
+    if inputs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let merged = files::merge_newest(&rollup_schema(), &inputs, rc::BUCKET)?;
+    Ok(batch_to_rows(&merged)?)
+}
+
+/// Typed access to the columns of a batch of raw readings.
+struct RawRows<'a> {
+    device: &'a StringArray,
+    ts: &'a [i64],
+    voltage: &'a Float64Array,
+    current: &'a Float64Array,
+    power: &'a Float64Array,
+    energy: &'a Float64Array,
+    relay: &'a BooleanArray,
+    location: &'a StringArray,
+    device_type: &'a StringArray,
+}
+
+fn column<'a, T: 'static>(b: &'a RecordBatch, name: &'static str) -> Result<&'a T, EncodeError> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or(EncodeError::Column(name))
+}
+
+impl<'a> RawRows<'a> {
+    fn new(b: &'a RecordBatch) -> Result<Self, EncodeError> {
+        Ok(Self {
+            device: column(b, col::DEVICE_ID)?,
+            ts: column::<TimestampNanosecondArray>(b, col::TS)?.values(),
+            voltage: column(b, col::VOLTAGE)?,
+            current: column(b, col::CURRENT)?,
+            power: column(b, col::POWER)?,
+            energy: column(b, col::ENERGY)?,
+            relay: column(b, col::RELAY_ON)?,
+            location: column(b, col::LOCATION)?,
+            device_type: column(b, col::DEVICE_TYPE)?,
+        })
+    }
+
+    fn sample(&self, i: usize) -> Sample {
+        Sample {
+            ts: self.ts[i],
+            voltage: self.voltage.value(i),
+            current: self.current.value(i),
+            power: self.power.value(i),
+            energy: self.energy.is_valid(i).then(|| self.energy.value(i)),
+            relay_on: self.relay.is_valid(i).then(|| self.relay.value(i)),
+        }
+    }
+
+    fn tag(&self, column: &StringArray, i: usize) -> Option<Arc<str>> {
+        column.is_valid(i).then(|| Arc::from(column.value(i)))
+    }
+
+    /// The row ranges of consecutive rows of one plug.
+    fn device_runs(&self) -> Vec<Range<usize>> {
+        let n = self.device.len();
+        let mut runs = Vec::new();
+        let mut start = 0;
+        for i in 1..=n {
+            if i == n || self.device.value(i) != self.device.value(start) {
+                if start < i {
+                    runs.push(start..i);
+                }
+                start = i;
+            }
+        }
+        runs
+    }
+}
+
+/// Typed access to the columns of a batch of rollup rows.
+struct RollupColumns<'a> {
+    device: &'a StringArray,
+    bucket: &'a TimestampNanosecondArray,
+    energy_last: &'a Float64Array,
+}
+
+impl<'a> RollupColumns<'a> {
+    fn new(b: &'a RecordBatch) -> Result<Self, EncodeError> {
+        Ok(Self {
+            device: column(b, rc::DEVICE_ID)?,
+            bucket: column(b, rc::BUCKET)?,
+            energy_last: column(b, rc::ENERGY_LAST)?,
+        })
+    }
+}
+
+/// Rollup rows as a record batch of [`rollup_schema`].
+pub fn rows_to_batch(rows: &[Row]) -> Result<RecordBatch, EncodeError> {
+    let f = |get: fn(&Partial) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| get(&r.p)),
+        ))
+    };
+    let time = |get: fn(&Partial) -> i64| -> ArrayRef {
+        Arc::new(
+            TimestampNanosecondArray::from_iter_values(rows.iter().map(|r| get(&r.p)))
+                .with_timezone("UTC"),
+        )
+    };
+    let tags = |get: fn(&Row) -> &Option<Arc<str>>| -> ArrayRef {
+        let mut b = StringBuilder::new();
+        for r in rows {
+            b.append_option(get(r).as_deref());
+        }
+        Arc::new(b.finish())
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| &*r.device),
+        )),
+        time(|p| p.bucket),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.p.count as i64),
+        )),
+        f(|p| p.voltage_min),
+        f(|p| p.voltage_max),
+        f(|p| p.voltage_sum),
+        f(|p| p.current_min),
+        f(|p| p.current_max),
+        f(|p| p.current_sum),
+        f(|p| p.power_min),
+        f(|p| p.power_max),
+        f(|p| p.power_sum),
+        Arc::new(Float64Array::from_iter(
+            rows.iter().map(|r| r.p.energy_first),
+        )),
+        Arc::new(Float64Array::from_iter(
+            rows.iter().map(|r| r.p.energy_last),
+        )),
+        f(|p| p.energy_counter_wh),
+        f(|p| p.energy_wh),
+        f(|p| p.relay_on_s),
+        time(|p| p.first_ts),
+        time(|p| p.last_ts),
+        tags(|r| &r.location),
+        tags(|r| &r.device_type),
+    ];
+    Ok(RecordBatch::try_new(rollup_schema(), columns)?)
+}
+
+/// The rows of a record batch of [`rollup_schema`].
+pub fn batch_to_rows(b: &RecordBatch) -> Result<Vec<Row>, EncodeError> {
+    let device: &StringArray = column(b, rc::DEVICE_ID)?;
+    let ts = |name| column::<TimestampNanosecondArray>(b, name);
+    let float = |name| column::<Float64Array>(b, name);
+    let (bucket, first_ts, last_ts) = (ts(rc::BUCKET)?, ts(rc::FIRST_TS)?, ts(rc::LAST_TS)?);
+    let count: &Int64Array = column(b, rc::COUNT)?;
+    let v = [
+        float(rc::VOLTAGE_MIN)?,
+        float(rc::VOLTAGE_MAX)?,
+        float(rc::VOLTAGE_SUM)?,
+        float(rc::CURRENT_MIN)?,
+        float(rc::CURRENT_MAX)?,
+        float(rc::CURRENT_SUM)?,
+        float(rc::POWER_MIN)?,
+        float(rc::POWER_MAX)?,
+        float(rc::POWER_SUM)?,
+        float(rc::ENERGY_FIRST)?,
+        float(rc::ENERGY_LAST)?,
+        float(rc::ENERGY_COUNTER_WH)?,
+        float(rc::ENERGY_WH)?,
+        float(rc::RELAY_ON_S)?,
+    ];
+    let location: &StringArray = column(b, rc::LOCATION)?;
+    let device_type: &StringArray = column(b, rc::DEVICE_TYPE)?;
+    let opt = |a: &Float64Array, i: usize| a.is_valid(i).then(|| a.value(i));
+    let tag = |a: &StringArray, i: usize| a.is_valid(i).then(|| Arc::from(a.value(i)));
+    let mut rows = Vec::with_capacity(b.num_rows());
+    let mut last_device: Option<Arc<str>> = None;
+    for i in 0..b.num_rows() {
+        let name = device.value(i);
+        let dev = match &last_device {
+            Some(d) if &**d == name => Arc::clone(d),
+            _ => {
+                let d: Arc<str> = Arc::from(name);
+                last_device = Some(Arc::clone(&d));
+                d
+            }
+        };
+        rows.push(Row {
+            device: dev,
+            p: Partial {
+                bucket: bucket.value(i),
+                count: count.value(i).max(0) as u64,
+                voltage_min: v[0].value(i),
+                voltage_max: v[1].value(i),
+                voltage_sum: v[2].value(i),
+                current_min: v[3].value(i),
+                current_max: v[4].value(i),
+                current_sum: v[5].value(i),
+                power_min: v[6].value(i),
+                power_max: v[7].value(i),
+                power_sum: v[8].value(i),
+                energy_first: opt(v[9], i),
+                energy_last: opt(v[10], i),
+                energy_counter_wh: v[11].value(i),
+                energy_wh: v[12].value(i),
+                relay_on_s: v[13].value(i),
+                first_ts: first_ts.value(i),
+                last_ts: last_ts.value(i),
+            },
+            location: tag(location, i),
+            device_type: tag(device_type, i),
+        });
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests;
