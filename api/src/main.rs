@@ -261,6 +261,10 @@ struct LoadgenCli {
     /// How long to run: `30s`, `5m`, `1h` (a bare number is seconds).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
+    /// Backfill: write the simulated readings of this past span, ending now, flat out
+    /// (e.g. `24h`); `--duration`, `--rate` and `--max` do not apply.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with_all = ["rate", "max"])]
+    backfill: Option<Duration>,
     /// Seed of the simulated fleet (same seed, same readings).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -415,6 +419,11 @@ fn loadgen(cli: LoadgenCli) -> anyhow::Result<()> {
         verify: !cli.no_verify,
         token: cli.token,
         progress: !cli.json,
+        backfill: cli.backfill.map(|span| {
+            let end = wattdb_api::now_ns();
+            let span = i64::try_from(span.as_nanos()).unwrap_or(i64::MAX);
+            (end.saturating_sub(span), end)
+        }),
         ..wattdb_benches::LoadgenArgs::default()
     };
     let report = wattdb_benches::run(args).context("load generator failed")?;

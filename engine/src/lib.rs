@@ -28,7 +28,10 @@
 //! - [`buffer`]: Arrow batches of acknowledged readings, duplicate resolution (last
 //!   write wins), latest value per plug.
 //! - [`persist`]: the buffer to Parquet files and the manifest; WAL release.
-//! - [`rollup`]: the 1m/1h/1d rollup partials and their incremental maintenance.
+//! - [`rollup`]: the 1m/1h/1d rollup partials and which of them a batch changes.
+//! - [`rollups`]: the rollup tables, written in every persist cycle.
+//! - [`retention`]: files past their resolution's retention leave the store.
+//! - `compact`: small files of a partition merged into one.
 //! - [`schema`]: the `readings` schema and batch conversion.
 //! - `writer`: the WAL (group commit) and apply threads.
 

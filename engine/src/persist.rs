@@ -5,11 +5,13 @@
 //!
 //! 1. **Freeze**: under the buffer lock, every row moves out of the buffer into a
 //!    [`Frozen`] set that queries keep reading. Writes go on into the emptied buffer.
-//! 2. **Write**: the frozen rows (duplicates already resolved) are split by hour
-//!    partition, sorted by `(device_id, ts)` and uploaded as Parquet files with new ids.
-//! 3. **Commit**: a new manifest version listing the files, and the last WAL sequence
-//!    number they cover, is written. In the same step queries switch from the frozen
-//!    rows to the files.
+//! 2. **Write**: the frozen rows (duplicates already resolved) are sorted by
+//!    `(device_id, ts)`, split by hour partition and uploaded as Parquet files with new
+//!    ids; then the rollup rows they change are computed and uploaded
+//!    ([`crate::rollups`]).
+//! 3. **Commit**: a new manifest version listing the raw and rollup files, and the last
+//!    WAL sequence number they cover, is written. In the same step queries switch from
+//!    the frozen rows to the files.
 //! 4. **Release**: WAL segments that hold nothing the buffer still needs are deleted.
 //!
 //! A crash before 3 leaves uploaded files that no manifest lists: they are never read
@@ -17,6 +19,9 @@
 //! in 2 or 3 keeps the frozen rows (queryable, and in the WAL) and retries with
 //! backoff; until it succeeds no new freeze happens, so the buffer grows and writes
 //! get backpressure at `max_buffer_bytes` — never loss.
+//!
+//! Between cycles the thread applies retention ([`crate::retention`], once a minute),
+//! runs one compaction job and deletes replaced files.
 //!
 //! Departure from "persist closed time partitions": a cycle persists *everything*
 //! buffered, so the buffer's memory stays bounded however many plugs report (an open

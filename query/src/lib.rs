@@ -4,9 +4,10 @@
 //! [`Engine`](wattdb_engine::Engine) handle and answers read-only SQL over the table
 //! `readings`, which [`ReadingsTable`] serves from the engine's in-memory buffer and
 //! the Parquet files of its manifest (a view taken when the query is planned, so a
-//! query sees every write acknowledged before it started). It knows nothing of HTTP: the `api` crate turns the record-batch
-//! stream into JSON or CSV. Every query runs under a memory limit and a deadline.
-//!
+//! query sees every write acknowledged before it started), and over the rollup tables
+//! `readings_1m`, `readings_1h` and `readings_1d`, served from their files. It knows
+//! nothing of HTTP: the `api` crate turns the record-batch stream into JSON or CSV.
+//! Every query runs under a memory limit and a deadline.
 
 mod error;
 mod readings;

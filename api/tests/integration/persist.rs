@@ -109,8 +109,21 @@ fn persisted_files_land_in_the_layout_and_pyarrow_and_duckdb_read_the_same_rows(
     let (status, report) = persist(&server);
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["rows"], 90, "{report}");
-    let files = parquet_files(&data);
-    assert_eq!(files.len(), 2, "{files:?}");
+    let all = parquet_files(&data);
+    let files: Vec<&String> = all.iter().filter(|f| f.contains("=raw/")).collect();
+    assert_eq!(files.len(), 2, "{all:?}");
+    for (res, dir) in [
+        ("1m", "date=2026-11-23"),
+        ("1h", "month=2026-11"),
+        ("1d", "year=2026"),
+    ] {
+        let prefix = format!("readings/resolution={res}/{dir}/");
+        assert_eq!(
+            all.iter().filter(|f| f.starts_with(&prefix)).count(),
+            1,
+            "one file of the {res} rollup: {all:?}"
+        );
+    }
     assert!(
         files[0].starts_with("readings/resolution=raw/date=2026-11-23/hour=10/"),
         "{files:?}"
@@ -151,7 +164,8 @@ fn persisted_files_land_in_the_layout_and_pyarrow_and_duckdb_read_the_same_rows(
         metrics.contains("wattdb_wal_replayed_readings 0"),
         "{metrics}"
     );
-    assert!(metrics.contains("wattdb_store_files 2"), "{metrics}");
+    // Two raw files and one file of each rollup.
+    assert!(metrics.contains("wattdb_store_files 5"), "{metrics}");
 }
 
 /// A moto S3 server on a free loopback port, with one bucket.
@@ -226,20 +240,22 @@ fn compaction_leaves_one_file_per_partition_and_readers_one_copy_of_each_reading
     }
     let before = wattdb_rows(&server);
     assert_eq!(before.len(), 90);
-    // Compaction runs by itself once the partition has four files.
+    // Compaction runs by itself once a partition has four files: the raw 10:00 hour
+    // and the one partition of each rollup.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while server.metric("wattdb_compactions_total").unwrap_or(0.0) < 1.0 {
+    while server.metric("wattdb_compactions_total").unwrap_or(0.0) < 4.0 {
         assert!(Instant::now() < deadline, "{}", server.log_tail());
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(server.metric("wattdb_compacted_files_total"), Some(4.0));
+    assert_eq!(server.metric("wattdb_compacted_files_total"), Some(16.0));
     assert_eq!(
         wattdb_rows(&server),
         before,
         "the same rows after the merge"
     );
-    // The replaced files stay for queries in flight; the manifest lists two files.
-    assert_eq!(server.metric("wattdb_store_files"), Some(2.0));
+    // The replaced files stay for queries in flight; the manifest lists two raw files
+    // and one file per rollup.
+    assert_eq!(server.metric("wattdb_store_files"), Some(5.0));
     // Asked for, compaction merges any two small files: nothing is left to merge.
     let (status, body) = server.post("/api/v1/admin/compact", "application/json", b"");
     assert_eq!(status, 200, "{body}");
@@ -259,7 +275,7 @@ fn compaction_leaves_one_file_per_partition_and_readers_one_copy_of_each_reading
         &format!(
             "import json, pyarrow.parquet as pq, pyarrow as pa\n\
              m = json.load(open({:?}))\n\
-             t = pa.concat_tables([pq.read_table({:?} + '/' + f['path']) for f in m['files']])\n\
+             t = pa.concat_tables([pq.read_table({:?} + '/' + f['path']) for f in m['files'] if f['tier'] == 'raw'])\n\
              rows = zip(t['device_id'].to_pylist(), t['ts'].cast('int64').to_pylist(), t['power'].to_pylist())\n{PRINT_ROWS}",
             manifest.display().to_string(),
             data.display().to_string()
@@ -406,4 +422,154 @@ fn s3_bucket_holds_the_layout_and_an_unreachable_store_loses_nothing() {
     let out = python(&read_bucket, &[]);
     let from_bucket: Vec<String> = out.into_iter().filter(|l| !l.starts_with("key ")).collect();
     assert_eq!(from_bucket, all);
+}
+
+/// 2026-11-23T23:30:00Z: the rollup fixture crosses midnight.
+const T_MIDNIGHT: i64 = 1_795_476_600_000_000_000;
+
+/// Readings for the rollup test: three plugs every 7 s for an hour across midnight,
+/// with a 10-minute gap (past the 300 s cap), a counter reset, readings without a
+/// counter, relay off periods, a late batch and a rewrite. Written in several persist
+/// cycles, so that buckets are extended, and recomputed for the late readings.
+fn write_rollup_fixture(server: &Server) {
+    let line = |plug: &str, k: i64| {
+        let ts = T_MIDNIGHT + k * 7_000_000_000;
+        let power = ((k * 37 + plug.len() as i64 * 11) % 2000) as f64 / 10.0;
+        let energy = match plug {
+            "plug-c" if k >= 300 => format!(",energy={:.1}", (k - 300) as f64 * 0.4),
+            _ if k % 13 == 0 => String::new(),
+            _ => format!(",energy={:.1}", 1000.0 + k as f64 * 0.4),
+        };
+        let relay = if (k / 50) % 3 == 2 { "false" } else { "true" };
+        format!(
+            "power_metrics,device_id={plug},location=lab voltage={:.1},current={:.3},power={power:.1}{energy},relay_state={relay} {ts}\n",
+            228.0 + (k % 40) as f64 / 10.0,
+            power / 230.0
+        )
+    };
+    let gap = |plug: &str, k: i64| plug == "plug-b" && (200..286).contains(&k);
+    let late = |k: i64| (100..110).contains(&k);
+    for part in 0..4 {
+        let mut body = String::new();
+        for plug in ["plug-a", "plug-b", "plug-c"] {
+            for k in part * 130..(part + 1) * 130 {
+                if !gap(plug, k) && !late(k) {
+                    body.push_str(&line(plug, k));
+                }
+            }
+        }
+        let (status, text) = server.write_lp(&body);
+        assert_eq!(status, 204, "{text}");
+        assert_eq!(persist(server).0, 200);
+    }
+    // Late readings into buckets already written, and a rewrite of one reading.
+    let mut body: String = (100..110).map(|k| line("plug-a", k)).collect();
+    body.push_str(&line("plug-b", 50).replace("power=", "power=1"));
+    let (status, text) = server.write_lp(&body);
+    assert_eq!(status, 204, "{text}");
+    assert_eq!(persist(server).0, 200);
+}
+
+#[test]
+fn s3_rollups_equal_what_pyarrow_reads_from_the_bucket_and_duckdb_recomputes_from_raw() {
+    let moto = Moto::start("wattdb");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = s3_server(&data, &moto, &[]);
+    write_rollup_fixture(&server);
+    assert!(
+        server
+            .metric("wattdb_rollup_recomputed_plugs_total")
+            .unwrap()
+            >= 2.0
+    );
+    // WattDB's rollup rows, per resolution.
+    let mut wattdb = serde_json::Map::new();
+    for res in ["1m", "1h", "1d"] {
+        let rows = server.sql(&format!(
+            "SELECT device_id, CAST(bucket AS BIGINT) AS bucket, count, voltage_min, \
+             voltage_max, voltage_sum, power_min, power_max, power_sum, energy_first, \
+             energy_last, energy_counter_wh, energy_wh, relay_on_s, \
+             CAST(first_ts AS BIGINT) AS first_ts, CAST(last_ts AS BIGINT) AS last_ts, \
+             location FROM readings_{res} ORDER BY device_id, bucket"
+        ));
+        assert!(!rows.is_empty(), "{res}");
+        wattdb.insert(res.to_owned(), Value::Array(rows));
+    }
+    assert_eq!(
+        wattdb["1d"].as_array().unwrap().len(),
+        6,
+        "3 plugs × 2 days"
+    );
+    let expected = dir.path().join("wattdb.json");
+    std::fs::write(&expected, Value::Object(wattdb).to_string()).unwrap();
+    let script = format!(
+        r#"
+import json, math, duckdb, pyarrow as pa, pyarrow.fs as fs, pyarrow.parquet as pq
+s3 = fs.S3FileSystem(endpoint_override={endpoint:?}, scheme='http', access_key='wattdb-test', secret_key='wattdb-test-secret', region='us-east-1')
+root = 'wattdb/fleet-1/'
+# The live files are those the newest manifest lists; of two copies of a row, the
+# file of higher rank wins.
+names = [i.path for i in s3.get_file_info(fs.FileSelector(root + 'catalog')) if i.path.endswith('.json')]
+with s3.open_input_stream(max(names)) as f:
+    manifest = json.load(f)
+def live(tier, key):
+    parts = []
+    for f in manifest['files']:
+        if f['tier'] != tier:
+            continue
+        assert f['path'].startswith('readings/resolution=' + tier + '/'), f['path']
+        t = pq.read_table(root + f['path'], filesystem=s3)
+        rank = f.get('merged_rank') or f['id']
+        parts.append(t.append_column('_rank', pa.array([rank] * t.num_rows, pa.int64())))
+    t = pa.concat_tables(parts)
+    return duckdb.sql(f"SELECT * EXCLUDE (_rank) FROM t QUALIFY row_number() OVER (PARTITION BY device_id, {{key}} ORDER BY _rank DESC) = 1").arrow().read_all()
+raw = live('raw', 'ts')
+COLS = ['device_id', 'bucket', 'count', 'voltage_min', 'voltage_max', 'voltage_sum', 'power_min', 'power_max', 'power_sum', 'energy_first', 'energy_last', 'energy_counter_wh', 'energy_wh', 'relay_on_s', 'first_ts', 'last_ts', 'location']
+def recompute(width):
+    # The definitions of the rollup module, in SQL: intervals booked in the bucket of
+    # their end, a 300 s gap cap, counter deltas with resets.
+    return duckdb.sql(f"""
+    WITH r AS (
+      SELECT *, epoch_ns(ts) AS t,
+        lag(epoch_ns(ts)) OVER w AS pt, lag(power) OVER w AS pp, lag(relay_on) OVER w AS pr,
+        last_value(energy IGNORE NULLS) OVER (PARTITION BY device_id ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS pe
+      FROM raw WINDOW w AS (PARTITION BY device_id ORDER BY ts)),
+    s AS (
+      SELECT *,
+        CASE WHEN pt IS NOT NULL AND t - pt <= 300000000000 THEN (pp + power) / 2 * ((t - pt) / 1e9) / 3600 ELSE 0 END AS e_wh,
+        CASE WHEN pt IS NOT NULL AND t - pt <= 300000000000 AND pr THEN (t - pt) / 1e9 ELSE 0 END AS on_s,
+        CASE WHEN energy IS NULL OR pe IS NULL THEN 0 WHEN energy >= pe THEN energy - pe ELSE energy END AS c_wh
+      FROM r)
+    SELECT device_id, (t // {{width}}) * {{width}} AS bucket, count(*) AS count,
+      min(voltage) AS voltage_min, max(voltage) AS voltage_max, sum(voltage) AS voltage_sum,
+      min(power) AS power_min, max(power) AS power_max, sum(power) AS power_sum,
+      arg_min(energy, t) FILTER (WHERE energy IS NOT NULL) AS energy_first,
+      arg_max(energy, t) FILTER (WHERE energy IS NOT NULL) AS energy_last,
+      sum(c_wh) AS energy_counter_wh, sum(e_wh) AS energy_wh, sum(on_s) AS relay_on_s,
+      min(t) AS first_ts, max(t) AS last_ts, arg_max(location, t) AS location
+    FROM s GROUP BY ALL ORDER BY device_id, bucket""").fetchall()
+def close(a, b):
+    if isinstance(a, str) or a is None or b is None:
+        return a == b
+    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
+def same(name, got, want):
+    assert len(got) == len(want), f"{{name}}: {{len(got)}} rows, want {{len(want)}}"
+    for g, w in zip(got, want):
+        for c, a, b in zip(COLS, g, w):
+            assert close(a, b), f"{{name}}: {{c}} is {{a}}, want {{b}} in\n{{g}}\n{{w}}"
+wattdb = json.load(open({expected:?}))
+for res, width in [('1m', 60), ('1h', 3600), ('1d', 86400)]:
+    from_wattdb = [[r[c] for c in COLS] for r in wattdb[res]]
+    files = live(res, 'bucket')
+    in_bucket = duckdb.sql("SELECT device_id, epoch_ns(bucket), count, voltage_min, voltage_max, voltage_sum, power_min, power_max, power_sum, energy_first, energy_last, energy_counter_wh, energy_wh, relay_on_s, epoch_ns(first_ts), epoch_ns(last_ts), location FROM files ORDER BY device_id, bucket").fetchall()
+    same(res + ' files in the bucket vs WattDB', in_bucket, from_wattdb)
+    same(res + ' DuckDB from raw vs WattDB', recompute(width * 1000000000), from_wattdb)
+    print(res, len(from_wattdb))
+"#,
+        endpoint = moto.endpoint,
+        expected = expected.display().to_string(),
+    );
+    let out = python(&script, &[]);
+    assert_eq!(out.len(), 3, "{out:?}");
 }
