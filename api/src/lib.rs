@@ -10,10 +10,12 @@
 //! port 0 and stop them when they are done.
 
 mod admin;
+mod dashboard;
 pub mod error;
 pub mod metrics;
 pub mod mqtt;
 mod query;
+mod series;
 mod write;
 
 use std::future::Future;
@@ -75,6 +77,9 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
         .route("/write", post(write::line_protocol))
         .route("/api/v1/readings", post(write::json_readings))
         .route("/api/v1/query", post(query::query))
+        .route("/api/v1/series", get(series::series))
+        .route("/api/v1/latest", get(dashboard::latest))
+        .route("/api/v1/devices", get(dashboard::devices))
         .route("/api/v1/admin/persist", post(admin::persist))
         .route("/api/v1/admin/compact", post(admin::compact))
         .route("/api/v1/admin/expire", post(admin::expire))

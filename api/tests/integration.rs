@@ -7,6 +7,8 @@ mod support;
 
 #[path = "integration/crash.rs"]
 mod crash;
+#[path = "integration/dashboard.rs"]
+mod dashboard;
 #[path = "integration/http.rs"]
 mod http;
 #[path = "integration/loadgen.rs"]

@@ -34,7 +34,7 @@ pub struct LatestReading {
     pub relay_on: Option<bool>,
     pub location: Option<Arc<str>>,
     pub device_type: Option<Arc<str>>,
-    /// Smallest reading time seen since start.
+    /// Smallest reading time known: in the buffer since start, or in the 1d rollups.
     pub first_ts: i64,
 }
 
@@ -331,6 +331,23 @@ impl Buffer {
         let lo = self.chunks.iter().map(|c| c.min_ts).min()?;
         let hi = self.chunks.iter().map(|c| c.max_ts).max()?;
         Some((lo, hi))
+    }
+
+    /// Adds latest readings known from elsewhere (the rollup files, after a restart):
+    /// each replaces a plug's latest reading only if it is newer.
+    pub fn seed_latest(&mut self, readings: Vec<LatestReading>) {
+        for l in readings {
+            let k = self.device_key(&l.device_id) as usize;
+            let cur = &mut self.latest[k];
+            let first_ts = cur.first_ts.min(l.first_ts);
+            if l.ts > cur.ts {
+                *cur = LatestReading {
+                    device_id: Arc::clone(&cur.device_id),
+                    ..l
+                };
+            }
+            cur.first_ts = first_ts;
+        }
     }
 
     /// Latest reading of every plug, in no particular order.

@@ -316,10 +316,16 @@ impl Engine {
             .build()
             .map_err(Error::Thread)?;
         // On a thread of its own: the caller may itself be inside an async runtime.
-        let manifest = std::thread::scope(|s| {
-            s.spawn(|| runtime.block_on(persist::recover(&store)))
-                .join()
-                .unwrap_or_else(|_| Err(Error::Persist("manifest recovery panicked".into())))
+        let (manifest, latest) = std::thread::scope(|s| {
+            s.spawn(|| {
+                runtime.block_on(async {
+                    let m = persist::recover(&store).await?;
+                    let latest = rollups::latest_from_files(&store, &m.files).await?;
+                    Ok::<_, Error>((m, latest))
+                })
+            })
+            .join()
+            .unwrap_or_else(|_| Err(Error::Persist("manifest recovery panicked".into())))
         })?;
         let persisted_seq = manifest.persisted_seq;
         info!(
@@ -331,6 +337,7 @@ impl Engine {
         );
         let start = Instant::now();
         let mut buffer = Buffer::new();
+        buffer.seed_latest(latest);
         let mut pending: Vec<ReadingBatch> = Vec::new();
         let mut pending_rows = 0;
         let mut pending_segment: Option<u64> = None;
@@ -519,6 +526,20 @@ impl Engine {
             buffer_range: buffer.time_range(),
             frozen: view.frozen.clone(),
             manifest: Arc::clone(&view.manifest),
+        }
+    }
+
+    /// The oldest reading time not yet persisted (in the buffer or being persisted):
+    /// the rollup tables are complete for every bucket that ends before it.
+    pub fn unpersisted_from(&self) -> Option<i64> {
+        let shared = &self.inner.shared;
+        let buffer = shared.buffer.read();
+        let view = shared.view.read();
+        let b = buffer.time_range().map(|(lo, _)| lo);
+        let f = view.frozen.as_ref().map(|f| f.min_ts);
+        match (b, f) {
+            (Some(b), Some(f)) => Some(b.min(f)),
+            (b, f) => b.or(f),
         }
     }
 

@@ -24,6 +24,8 @@
 //! - `count`, `{voltage,current,power}_{min,max,sum}`: over the readings with `t` in `B`.
 //!   Averages are `sum / count`.
 //! - `first_ts`, `last_ts`: the times of the first and last reading in `B`.
+//! - `{voltage,current,power}_last`, `relay_last`: the values of the last reading in `B`
+//!   (the relay state may be `None`).
 //! - `energy_first`, `energy_last`: the counter of the first and of the last reading in
 //!   `B` that has one; `None` when none has.
 //! - **Intervals, right attribution.** Interval `i` runs from `t_{i-1}` to `t_i` and is
@@ -221,6 +223,11 @@ pub struct Partial {
     pub first_ts: i64,
     /// Time of the last reading in the bucket.
     pub last_ts: i64,
+    /// Values of the last reading in the bucket.
+    pub voltage_last: f64,
+    pub current_last: f64,
+    pub power_last: f64,
+    pub relay_last: Option<bool>,
 }
 
 /// What the interval and counter step ending at one reading add to its bucket.
@@ -280,6 +287,10 @@ impl Partial {
             relay_on_s: step.relay_on_s,
             first_ts: s.ts,
             last_ts: s.ts,
+            voltage_last: s.voltage,
+            current_last: s.current,
+            power_last: s.power,
+            relay_last: s.relay_on,
         }
     }
 
@@ -304,6 +315,10 @@ impl Partial {
         self.energy_wh += step.energy_wh;
         self.relay_on_s += step.relay_on_s;
         self.last_ts = s.ts;
+        self.voltage_last = s.voltage;
+        self.current_last = s.current;
+        self.power_last = s.power;
+        self.relay_last = s.relay_on;
     }
 
     /// Folds in the partial of the same plug over a `later` stretch of time (all its
@@ -328,6 +343,10 @@ impl Partial {
         self.relay_on_s += later.relay_on_s;
         self.first_ts = self.first_ts.min(later.first_ts);
         self.last_ts = self.last_ts.max(later.last_ts);
+        self.voltage_last = later.voltage_last;
+        self.current_last = later.current_last;
+        self.power_last = later.power_last;
+        self.relay_last = later.relay_last;
     }
 }
 

@@ -672,6 +672,62 @@ async fn read_rollups(
     Ok(batch_to_rows(&merged)?)
 }
 
+/// How far back the latest-value map looks in the 1d rollups after a restart.
+const LATEST_WINDOW_NS: i64 = 400 * 86_400 * 1_000_000_000;
+
+/// The latest reading of every plug in the 1d rollup rows of the last 400 days (before
+/// the newest), with the first reading time found there: what the latest-value map
+/// starts from after a restart, before the WAL replay adds newer readings. Reads one
+/// file at a time.
+pub(crate) async fn latest_from_files(
+    store: &Store,
+    files: &[FileMeta],
+) -> Result<Vec<crate::LatestReading>> {
+    let days: Vec<&FileMeta> = files.iter().filter(|f| f.tier == Tier::Day).collect();
+    let Some(newest) = days.iter().map(|f| f.max_ts).max() else {
+        return Ok(Vec::new());
+    };
+    let mut best: HashMap<Arc<str>, (Row, u64, i64)> = HashMap::new();
+    for f in days
+        .into_iter()
+        .filter(|f| f.max_ts >= newest.saturating_sub(LATEST_WINDOW_NS))
+    {
+        let body = store.get(&f.object_path()).await?;
+        for b in files::decode(body)? {
+            for row in batch_to_rows(&b)? {
+                let rank = f.rank();
+                match best.get_mut(&row.device) {
+                    Some((cur, cur_rank, first)) => {
+                        *first = (*first).min(row.p.first_ts);
+                        if (row.p.last_ts, rank) > (cur.p.last_ts, *cur_rank) {
+                            (*cur, *cur_rank) = (row, rank);
+                        }
+                    }
+                    None => {
+                        let first = row.p.first_ts;
+                        best.insert(Arc::clone(&row.device), (row, rank, first));
+                    }
+                }
+            }
+        }
+    }
+    Ok(best
+        .into_values()
+        .map(|(r, _, first_ts)| crate::LatestReading {
+            device_id: r.device,
+            ts: r.p.last_ts,
+            voltage: r.p.voltage_last,
+            current: r.p.current_last,
+            power: r.p.power_last,
+            energy: r.p.energy_last,
+            relay_on: r.p.relay_last,
+            location: r.location,
+            device_type: r.device_type,
+            first_ts,
+        })
+        .collect())
+}
+
 /// Typed access to the columns of a batch of raw readings.
 struct RawRows<'a> {
     device: &'a StringArray,
@@ -803,6 +859,10 @@ pub fn rows_to_batch(rows: &[Row]) -> Result<RecordBatch, EncodeError> {
         f(|p| p.relay_on_s),
         time(|p| p.first_ts),
         time(|p| p.last_ts),
+        f(|p| p.voltage_last),
+        f(|p| p.current_last),
+        f(|p| p.power_last),
+        Arc::new(BooleanArray::from_iter(rows.iter().map(|r| r.p.relay_last))),
         tags(|r| &r.location),
         tags(|r| &r.device_type),
     ];
@@ -831,7 +891,11 @@ pub fn batch_to_rows(b: &RecordBatch) -> Result<Vec<Row>, EncodeError> {
         float(rc::ENERGY_COUNTER_WH)?,
         float(rc::ENERGY_WH)?,
         float(rc::RELAY_ON_S)?,
+        float(rc::VOLTAGE_LAST)?,
+        float(rc::CURRENT_LAST)?,
+        float(rc::POWER_LAST)?,
     ];
+    let relay_last: &BooleanArray = column(b, rc::RELAY_ON_LAST)?;
     let location: &StringArray = column(b, rc::LOCATION)?;
     let device_type: &StringArray = column(b, rc::DEVICE_TYPE)?;
     let opt = |a: &Float64Array, i: usize| a.is_valid(i).then(|| a.value(i));
@@ -869,6 +933,10 @@ pub fn batch_to_rows(b: &RecordBatch) -> Result<Vec<Row>, EncodeError> {
                 relay_on_s: v[13].value(i),
                 first_ts: first_ts.value(i),
                 last_ts: last_ts.value(i),
+                voltage_last: v[14].value(i),
+                current_last: v[15].value(i),
+                power_last: v[16].value(i),
+                relay_last: relay_last.is_valid(i).then(|| relay_last.value(i)),
             },
             location: tag(location, i),
             device_type: tag(device_type, i),

@@ -69,6 +69,10 @@ pub mod rollup_col {
     pub const RELAY_ON_S: &str = "relay_on_s";
     pub const FIRST_TS: &str = "first_ts";
     pub const LAST_TS: &str = "last_ts";
+    pub const VOLTAGE_LAST: &str = "voltage_last";
+    pub const CURRENT_LAST: &str = "current_last";
+    pub const POWER_LAST: &str = "power_last";
+    pub const RELAY_ON_LAST: &str = "relay_on_last";
     pub const LOCATION: &str = "location";
     pub const DEVICE_TYPE: &str = "device_type";
 }
@@ -97,6 +101,10 @@ static ROLLUP_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         float(c::RELAY_ON_S),
         Field::new(c::FIRST_TS, time(), false),
         Field::new(c::LAST_TS, time(), false),
+        float(c::VOLTAGE_LAST),
+        float(c::CURRENT_LAST),
+        float(c::POWER_LAST),
+        Field::new(c::RELAY_ON_LAST, DataType::Boolean, true),
         Field::new(c::LOCATION, DataType::Utf8, true),
         Field::new(c::DEVICE_TYPE, DataType::Utf8, true),
     ]))

@@ -56,7 +56,11 @@ fn same(got: &Partial, want: &Partial) -> Result<(), String> {
         && got.energy_first == want.energy_first
         && got.energy_last == want.energy_last
         && got.first_ts == want.first_ts
-        && got.last_ts == want.last_ts;
+        && got.last_ts == want.last_ts
+        && got.voltage_last == want.voltage_last
+        && got.current_last == want.current_last
+        && got.power_last == want.power_last
+        && got.relay_last == want.relay_last;
     let sums = [
         (got.voltage_sum, want.voltage_sum),
         (got.current_sum, want.current_sum),
@@ -422,6 +426,10 @@ fn recompute(
             relay_on_s: 0.0,
             first_ts: i64::MAX,
             last_ts: i64::MIN,
+            voltage_last: f64::NAN,
+            current_last: f64::NAN,
+            power_last: f64::NAN,
+            relay_last: None,
         });
         p.count += 1;
         p.voltage_min = p.voltage_min.min(s.voltage);
@@ -455,6 +463,8 @@ fn recompute(
         }
         p.first_ts = p.first_ts.min(s.ts);
         p.last_ts = p.last_ts.max(s.ts);
+        (p.voltage_last, p.current_last, p.power_last) = (s.voltage, s.current, s.power);
+        p.relay_last = s.relay_on;
         prev = Some(s);
     }
     out

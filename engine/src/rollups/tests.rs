@@ -133,6 +133,10 @@ fn same(got: &Partial, want: &Partial) -> bool {
         && got.energy_last == want.energy_last
         && got.first_ts == want.first_ts
         && got.last_ts == want.last_ts
+        && got.voltage_last == want.voltage_last
+        && got.current_last == want.current_last
+        && got.power_last == want.power_last
+        && got.relay_last == want.relay_last
         && close(got.voltage_sum, want.voltage_sum)
         && close(got.current_sum, want.current_sum)
         && close(got.power_sum, want.power_sum)

@@ -1,0 +1,549 @@
+//! `GET /api/v1/series`: a dashboard series, at the coarsest resolution that serves the
+//! step.
+//!
+//! The step (`auto` by default) picks the table: `readings_1d` when it is a whole
+//! number of days (and the time zone offset a whole number of days, i.e. UTC),
+//! `readings_1h` for whole hours, `readings_1m` for whole minutes, else `readings`.
+//! Rollup rows exist only for persisted readings, so the range splits at the oldest
+//! reading not yet persisted (rounded down to the table's bucket): before it the
+//! rollup rows answer, from it on the raw readings (buffer and files), aggregated the
+//! same way; a step bucket that straddles the split combines both. The series is thus
+//! current to the last acknowledged reading.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, Int64Type};
+use axum::Json;
+use axum::extract::{Query, State};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use wattdb_engine::rollup::Resolution;
+
+use crate::AppState;
+use crate::dashboard::rfc3339;
+use crate::error::ApiError;
+
+const S: i64 = 1_000_000_000;
+/// `auto` picks the smallest of these steps that gives at most this many points.
+const AUTO_POINTS: i64 = 1_000;
+const NICE_STEPS_S: [i64; 17] = [
+    1,
+    5,
+    10,
+    30,
+    60,
+    300,
+    600,
+    900,
+    1_800,
+    3_600,
+    7_200,
+    10_800,
+    21_600,
+    43_200,
+    86_400,
+    7 * 86_400,
+    30 * 86_400,
+];
+/// Most points a series may have (per plug and field).
+const MAX_POINTS: i64 = 20_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesQuery {
+    device: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    step: Option<String>,
+    fields: Option<String>,
+    agg: Option<String>,
+    fill: Option<String>,
+    tz: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Agg {
+    Avg,
+    Min,
+    Max,
+    Sum,
+    Last,
+    Energy,
+}
+
+impl Agg {
+    fn parse(s: &str) -> Result<Agg, ApiError> {
+        Ok(match s {
+            "avg" | "mean" => Agg::Avg,
+            "min" => Agg::Min,
+            "max" => Agg::Max,
+            "sum" => Agg::Sum,
+            "last" => Agg::Last,
+            "energy" => Agg::Energy,
+            _ => {
+                return Err(bad(format!(
+                    "agg {s:?} is not one of avg, min, max, sum, last, energy"
+                )));
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    None,
+    Null,
+    Previous,
+    Linear,
+}
+
+fn bad(msg: String) -> ApiError {
+    ApiError::BadRequest(msg)
+}
+
+/// A time parameter: RFC 3339, `now`, or `now-DURATION` / `now+DURATION`.
+pub fn parse_time(name: &str, s: &str, now: i64) -> Result<i64, ApiError> {
+    let s = s.trim();
+    if let Some(rest) = s.strip_prefix("now") {
+        if rest.is_empty() {
+            return Ok(now);
+        }
+        let (sign, d) = match rest.as_bytes()[0] {
+            b'-' => (-1, &rest[1..]),
+            b'+' => (1, &rest[1..]),
+            _ => {
+                return Err(bad(format!(
+                    "{name}: {s:?} is not now, now-24h or RFC 3339"
+                )));
+            }
+        };
+        let d = parse_duration_ns(d).map_err(|e| bad(format!("{name}: {e}")))?;
+        return Ok(now.saturating_add(sign * d));
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .and_then(|t| t.timestamp_nanos_opt())
+        .ok_or_else(|| {
+            bad(format!(
+                "{name}: {s:?} is not an RFC 3339 time (2026-11-23T10:00:00Z), now or now-24h"
+            ))
+        })
+}
+
+/// `30s`, `5m`, `1h`, `7d` in nanoseconds.
+fn parse_duration_ns(s: &str) -> Result<i64, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: i64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 5m, 1h or 7d"))?;
+    let unit_s = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use s, m, h, d or w")),
+    };
+    n.checked_mul(unit_s)
+        .and_then(|x| x.checked_mul(S))
+        .filter(|&x| x > 0)
+        .ok_or_else(|| format!("{s:?} is not a positive duration"))
+}
+
+/// `UTC`, `Z` or a fixed offset `+02:00` / `-05:30`, in nanoseconds east of UTC.
+fn parse_tz(s: &str) -> Result<i64, ApiError> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("utc") || s == "Z" {
+        return Ok(0);
+    }
+    let err = || {
+        bad(format!(
+            "tz {s:?} is not UTC or a fixed offset like +02:00 (named zones are not supported yet)"
+        ))
+    };
+    let (sign, rest) = match s.as_bytes().first() {
+        Some(b'+') => (1, &s[1..]),
+        Some(b'-') => (-1, &s[1..]),
+        _ => return Err(err()),
+    };
+    let (h, m) = rest.split_once(':').ok_or_else(err)?;
+    let (h, m): (i64, i64) = (h.parse().map_err(|_| err())?, m.parse().map_err(|_| err())?);
+    if h > 14 || m >= 60 {
+        return Err(err());
+    }
+    Ok(sign * (h * 3_600 + m * 60) * S)
+}
+
+/// The table that serves `step` (ns) with buckets aligned at `offset` (ns).
+fn table_for(step: i64, offset: i64) -> Option<Resolution> {
+    [Resolution::Day, Resolution::Hour, Resolution::Minute]
+        .into_iter()
+        .find(|r| step % r.width_ns() == 0 && offset % r.width_ns() == 0)
+}
+
+/// One step bucket of one plug: partial aggregates, combinable across the two parts.
+#[derive(Debug, Clone, Copy)]
+struct Cell {
+    n: i64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    last: f64,
+    last_ts: i64,
+    energy: f64,
+}
+
+impl Cell {
+    fn merge(&mut self, o: &Cell) {
+        self.n += o.n;
+        self.sum += o.sum;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        if o.last_ts > self.last_ts {
+            (self.last, self.last_ts) = (o.last, o.last_ts);
+        }
+        self.energy += o.energy;
+    }
+
+    fn value(&self, agg: Agg) -> f64 {
+        match agg {
+            Agg::Avg => self.sum / self.n as f64,
+            Agg::Min => self.min,
+            Agg::Max => self.max,
+            Agg::Sum => self.sum,
+            Agg::Last => self.last,
+            Agg::Energy => self.energy,
+        }
+    }
+}
+
+fn sql_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `GET /api/v1/series`.
+pub async fn series(
+    State(app): State<AppState>,
+    Query(q): Query<SeriesQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let now = crate::now_ns();
+    let devices: Vec<String> = q
+        .device
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if devices.is_empty() {
+        return Err(bad(
+            "device: give one or more plug ids, comma-separated".into()
+        ));
+    }
+    for d in &devices {
+        wattdb_engine::validate_device_id(d).map_err(|e| bad(format!("device {d:?}: {e}")))?;
+    }
+    let to = match &q.to {
+        Some(t) => parse_time("to", t, now)?,
+        None => now,
+    };
+    let from = match &q.from {
+        Some(t) => parse_time("from", t, now)?,
+        None => to - 86_400 * S,
+    };
+    if from >= to {
+        return Err(bad(format!(
+            "from ({}) must be before to ({})",
+            rfc3339(from),
+            rfc3339(to)
+        )));
+    }
+    let agg = Agg::parse(q.agg.as_deref().unwrap_or("avg"))?;
+    let fill = match q.fill.as_deref().unwrap_or("none") {
+        "none" => Fill::None,
+        "null" => Fill::Null,
+        "previous" => Fill::Previous,
+        "linear" => Fill::Linear,
+        f => {
+            return Err(bad(format!(
+                "fill {f:?} is not one of none, null, previous, linear"
+            )));
+        }
+    };
+    let offset = parse_tz(q.tz.as_deref().unwrap_or("UTC"))?;
+    let fields: Vec<&str> = match agg {
+        Agg::Energy => vec!["energy_wh"],
+        _ => {
+            let f: Vec<&str> = q
+                .fields
+                .as_deref()
+                .unwrap_or("power")
+                .split(',')
+                .map(str::trim)
+                .collect();
+            for x in &f {
+                if !["voltage", "current", "power"].contains(x) {
+                    return Err(bad(format!(
+                        "fields: {x:?} is not one of voltage, current, power"
+                    )));
+                }
+            }
+            f
+        }
+    };
+    let step = match q.step.as_deref().unwrap_or("auto") {
+        "auto" => {
+            let span = to - from;
+            NICE_STEPS_S
+                .iter()
+                .map(|s| s * S)
+                .find(|s| span / s <= AUTO_POINTS)
+                .unwrap_or(30 * 86_400 * S)
+        }
+        s => parse_duration_ns(s).map_err(|e| bad(format!("step: {e}")))?,
+    };
+    let points = (to - from) / step + 2;
+    if points > MAX_POINTS {
+        return Err(bad(format!(
+            "{points} points per series are more than {MAX_POINTS}; use a larger step"
+        )));
+    }
+    let table = table_for(step, offset);
+    // Whole step buckets: from the one holding `from` to the one holding `to`.
+    let first_bucket = (from + offset).div_euclid(step) * step - offset;
+    let end = (to - 1 + offset).div_euclid(step) * step - offset + step;
+    // Rollup rows answer the buckets that end before the oldest unpersisted reading.
+    let split = match (table, app.engine.unpersisted_from()) {
+        (Some(r), Some(t)) => r.bucket_start(t).clamp(first_bucket, end),
+        (Some(_), None) => end,
+        (None, _) => first_bucket,
+    };
+    let in_list = devices
+        .iter()
+        .map(|d| sql_str(d))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let bucket_of =
+        |col: &str| format!("((CAST({col} AS BIGINT) + {offset}) / {step}) * {step} - {offset}");
+    let cap = 300 * S;
+    let mut cells: BTreeMap<(String, usize), BTreeMap<i64, Cell>> = BTreeMap::new();
+    for (k, field) in fields.iter().enumerate() {
+        let mut parts = Vec::new();
+        if let Some(r) = table
+            && split > first_bucket
+        {
+            parts.push(rollup_part(
+                r,
+                field,
+                &in_list,
+                &bucket_of("bucket"),
+                first_bucket,
+                split,
+            ));
+        }
+        if split < end {
+            parts.push(raw_part(field, &in_list, &bucket_of("ts"), split, end, cap));
+        }
+        if parts.is_empty() {
+            continue;
+        }
+        let sql = parts.join(" UNION ALL ");
+        for b in run(&app, &sql).await? {
+            let dev = b.column(0).as_string::<i32>();
+            let bucket = b.column(1).as_primitive::<Int64Type>();
+            let n = b.column(2).as_primitive::<Int64Type>();
+            let f = |i: usize| b.column(i).as_primitive::<Float64Type>();
+            let (sum, min, max, last, energy) = (f(3), f(4), f(5), f(6), f(8));
+            let last_ts = b.column(7).as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                if n.is_null(i) || n.value(i) == 0 {
+                    continue;
+                }
+                let cell = Cell {
+                    n: n.value(i),
+                    sum: sum.value(i),
+                    min: min.value(i),
+                    max: max.value(i),
+                    last: last.value(i),
+                    last_ts: last_ts.value(i),
+                    energy: energy.value(i),
+                };
+                cells
+                    .entry((dev.value(i).to_owned(), k))
+                    .or_default()
+                    .entry(bucket.value(i))
+                    .and_modify(|c| c.merge(&cell))
+                    .or_insert(cell);
+            }
+        }
+    }
+    let buckets: Vec<i64> = (0..)
+        .map(|i| first_bucket + i * step)
+        .take_while(|&b| b < end)
+        .collect();
+    let mut series = Vec::new();
+    for d in &devices {
+        for (k, field) in fields.iter().enumerate() {
+            let data = cells.remove(&(d.clone(), k)).unwrap_or_default();
+            let values: Vec<(i64, Option<f64>)> = match fill {
+                Fill::None => data.iter().map(|(b, c)| (*b, Some(c.value(agg)))).collect(),
+                _ => filled(&buckets, &data, agg, fill),
+            };
+            let points: Vec<Value> = values
+                .into_iter()
+                .map(|(b, v)| json!([rfc3339(b), v.filter(|v| v.is_finite())]))
+                .collect();
+            series.push(json!({"device_id": d, "field": field, "points": points}));
+        }
+    }
+    Ok(Json(json!({
+        "from": rfc3339(from),
+        "to": rfc3339(to),
+        "step": step_name(step),
+        "step_s": step / S,
+        "resolution": table.map_or("raw", Resolution::name),
+        "agg": q.agg.as_deref().unwrap_or("avg"),
+        "series": series,
+    })))
+}
+
+fn step_name(step: i64) -> String {
+    let s = step / S;
+    for (unit, w) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if s % w == 0 {
+            return format!("{}{unit}", s / w);
+        }
+    }
+    format!("{s}s")
+}
+
+/// Every bucket, with the missing ones filled.
+fn filled(
+    buckets: &[i64],
+    data: &BTreeMap<i64, Cell>,
+    agg: Agg,
+    fill: Fill,
+) -> Vec<(i64, Option<f64>)> {
+    let known: Vec<(i64, Option<f64>)> = buckets
+        .iter()
+        .map(|b| (*b, data.get(b).map(|c| c.value(agg))))
+        .collect();
+    match fill {
+        Fill::None | Fill::Null => known,
+        Fill::Previous => {
+            let mut last = None;
+            known
+                .into_iter()
+                .map(|(b, v)| {
+                    if v.is_some() {
+                        last = v;
+                    }
+                    (b, v.or(last))
+                })
+                .collect()
+        }
+        Fill::Linear => {
+            let mut out = known;
+            let mut prev: Option<usize> = None;
+            for i in 0..out.len() {
+                let Some(v) = out[i].1 else {
+                    continue;
+                };
+                if let Some(p) = prev
+                    && let Some(pv) = out[p].1
+                {
+                    let (pb, b) = (out[p].0, out[i].0);
+                    for slot in &mut out[p + 1..i] {
+                        let t = (slot.0 - pb) as f64 / (b - pb) as f64;
+                        slot.1 = Some(pv + (v - pv) * t);
+                    }
+                }
+                prev = Some(i);
+            }
+            out
+        }
+    }
+}
+
+/// Partial aggregates per plug and step bucket from a rollup table, for buckets in
+/// `[from, split)` (both aligned to the table's buckets).
+fn rollup_part(
+    r: Resolution,
+    field: &str,
+    devices: &str,
+    bucket: &str,
+    from: i64,
+    split: i64,
+) -> String {
+    let (sum, min, max, last) = if field == "energy_wh" {
+        (
+            "energy_wh".to_owned(),
+            "0.0".to_owned(),
+            "0.0".to_owned(),
+            "0.0".to_owned(),
+        )
+    } else {
+        (
+            format!("{field}_sum"),
+            format!("{field}_min"),
+            format!("{field}_max"),
+            format!("{field}_last"),
+        )
+    };
+    let mut sql = String::new();
+    let _ = write!(
+        sql,
+        "SELECT device_id, {bucket} AS b, CAST(sum(count) AS BIGINT) AS n, \
+         CAST(sum({sum}) AS DOUBLE) AS s, CAST(min({min}) AS DOUBLE) AS lo, \
+         CAST(max({max}) AS DOUBLE) AS hi, \
+         CAST(last_value({last} ORDER BY last_ts) AS DOUBLE) AS last, \
+         CAST(max(last_ts) AS BIGINT) AS lt, CAST(sum(energy_wh) AS DOUBLE) AS e \
+         FROM readings_{name} WHERE device_id IN ({devices}) \
+         AND bucket >= to_timestamp_nanos({from}) AND bucket < to_timestamp_nanos({split}) \
+         GROUP BY 1, 2",
+        name = r.name(),
+    );
+    sql
+}
+
+/// The same partial aggregates from raw readings with `ts` in `[from, to)`; energy is
+/// integrated from power over the intervals ending in the range (each booked at its
+/// end, none longer than `cap`), as the rollups do.
+fn raw_part(field: &str, devices: &str, bucket: &str, from: i64, to: i64, cap: i64) -> String {
+    let v = if field == "energy_wh" { "0.0" } else { field };
+    format!(
+        "SELECT device_id, {bucket} AS b, CAST(count(*) AS BIGINT) AS n, \
+         CAST(sum({v}) AS DOUBLE) AS s, CAST(min({v}) AS DOUBLE) AS lo, \
+         CAST(max({v}) AS DOUBLE) AS hi, CAST(last_value({v} ORDER BY ts) AS DOUBLE) AS last, \
+         CAST(max(CAST(ts AS BIGINT)) AS BIGINT) AS lt, CAST(sum(e) AS DOUBLE) AS e FROM ( \
+           SELECT *, CASE WHEN pt IS NOT NULL AND CAST(ts AS BIGINT) - pt <= {cap} \
+             THEN (pp + power) / 2.0 * ((CAST(ts AS BIGINT) - pt) / 1e9) / 3600.0 ELSE 0.0 END AS e \
+           FROM (SELECT *, lag(CAST(ts AS BIGINT)) OVER w AS pt, lag(power) OVER w AS pp \
+             FROM readings WHERE device_id IN ({devices}) \
+             AND ts >= to_timestamp_nanos({before}) AND ts < to_timestamp_nanos({to}) \
+             WINDOW w AS (PARTITION BY device_id ORDER BY ts)) \
+         ) WHERE ts >= to_timestamp_nanos({from}) GROUP BY 1, 2",
+        before = from.saturating_sub(cap),
+    )
+}
+
+/// Runs `sql` under the query deadline and collects the batches.
+async fn run(app: &AppState, sql: &str) -> Result<Vec<RecordBatch>, ApiError> {
+    let deadline = app.query.deadline();
+    let work = async {
+        let mut stream = app.query.sql(sql).await.map_err(ApiError::Query)?;
+        let mut out = Vec::new();
+        while let Some(b) = stream.next().await {
+            out.push(b.map_err(|e| ApiError::Query(wattdb_query::Error::from_execution(e)))?);
+        }
+        Ok(out)
+    };
+    tokio::time::timeout(deadline, work)
+        .await
+        .map_err(|_| ApiError::Query(wattdb_query::Error::Deadline(deadline)))?
+}
