@@ -1,6 +1,7 @@
 //! Dashboard routes: the latest reading of each plug, and the plugs known.
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use chrono::{DateTime, SecondsFormat};
 use serde::Deserialize;
@@ -52,8 +53,9 @@ impl PlugFilter {
 /// (no table scan), sorted by plug id.
 pub async fn latest(
     State(app): State<AppState>,
-    Query(filter): Query<PlugFilter>,
+    query: Result<Query<PlugFilter>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(filter) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let rows: Vec<Value> = filter
         .select(&app)?
         .iter()
@@ -78,8 +80,9 @@ pub async fn latest(
 /// seen, sorted by plug id.
 pub async fn devices(
     State(app): State<AppState>,
-    Query(filter): Query<PlugFilter>,
+    query: Result<Query<PlugFilter>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(filter) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let rows: Vec<Value> = filter
         .select(&app)?
         .iter()

@@ -12,6 +12,8 @@
 mod admin;
 mod dashboard;
 pub mod error;
+mod export;
+mod live;
 pub mod metrics;
 pub mod mqtt;
 mod query;
@@ -57,6 +59,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::ApiMetrics>,
     /// The MQTT subscriber's counters, when it runs.
     pub mqtt: Option<Arc<wattdb_ingest::subscriber::SubscriberStats>>,
+    /// Deadline of an export (longer than that of a query).
+    pub export_deadline: std::time::Duration,
 }
 
 impl AppState {
@@ -66,6 +70,7 @@ impl AppState {
             query: Arc::new(query),
             metrics: Arc::default(),
             mqtt: None,
+            export_deadline: std::time::Duration::from_secs(3600),
         }
     }
 }
@@ -78,6 +83,8 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
         .route("/api/v1/readings", post(write::json_readings))
         .route("/api/v1/query", post(query::query))
         .route("/api/v1/series", get(series::series))
+        .route("/api/v1/export", get(export::export))
+        .route("/api/v1/live", get(live::live))
         .route("/api/v1/latest", get(dashboard::latest))
         .route("/api/v1/devices", get(dashboard::devices))
         .route("/api/v1/admin/persist", post(admin::persist))

@@ -37,6 +37,8 @@ pub struct ApiMetrics {
     queries_ok: AtomicU64,
     queries_failed: AtomicU64,
     pub query_latency: Histogram,
+    /// Open `/api/v1/live` WebSockets.
+    pub live_subscribers: AtomicU64,
 }
 
 impl ApiMetrics {
@@ -303,6 +305,17 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
             load(v)
         );
     }
+    metric(
+        &mut out,
+        "wattdb_live_subscribers",
+        "gauge",
+        "Open /api/v1/live WebSockets.",
+    );
+    let _ = writeln!(
+        out,
+        "wattdb_live_subscribers {}",
+        app.metrics.live_subscribers.load(Ordering::Relaxed)
+    );
     if let Some(c) = app.engine.store().cache_stats() {
         for (name, kind, help, value) in [
             (

@@ -1,9 +1,12 @@
-//! `POST /api/v1/query`: read-only SQL, streamed as JSON or CSV.
+//! `POST /api/v1/query`: read-only SQL, streamed as JSON, CSV, an Arrow IPC stream or
+//! Parquet; and the streaming shared with `GET /api/v1/export`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::writer::StreamWriter;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
@@ -14,6 +17,9 @@ use bytes::Bytes;
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
 use futures::stream;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
 use serde::Deserialize;
 use tokio::time::Instant;
 use wattdb_query::Error as QueryError;
@@ -27,6 +33,28 @@ pub enum Format {
     #[default]
     Json,
     Csv,
+    Arrow,
+    Parquet,
+}
+
+impl Format {
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Arrow => "application/vnd.apache.arrow.stream",
+            Format::Parquet => "application/vnd.apache.parquet",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Csv => "csv",
+            Format::Arrow => "arrows",
+            Format::Parquet => "parquet",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,21 +108,34 @@ async fn run_query(
     started: std::time::Instant,
 ) -> Result<Response, ApiError> {
     let Json(req) = req.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let limit = app.query.deadline();
+    stream_sql(app, &req.sql, req.format, app.query.deadline(), started).await
+}
+
+/// Runs `sql` and answers with its result in `format`, streamed batch by batch, so
+/// that memory does not grow with the result. Planning errors and errors before the
+/// first batch get a proper status; a later error cuts the body short. `limit` is the
+/// deadline of the whole query.
+pub(crate) async fn stream_sql(
+    app: &AppState,
+    sql: &str,
+    format: Format,
+    limit: Duration,
+    started: std::time::Instant,
+) -> Result<Response, ApiError> {
     let deadline = Deadline {
         at: Instant::now() + limit,
         limit,
     };
-    let mut stream = tokio::time::timeout_at(deadline.at, app.query.sql(&req.sql))
+    let mut stream = tokio::time::timeout_at(deadline.at, app.query.sql(sql))
         .await
         .map_err(|_| deadline.err())??;
     // The first batch is awaited before answering, so planning and early execution
     // errors get a proper status instead of a cut-off body.
     let first = next_batch(&mut stream, deadline).await?;
-    let mut encoder = Encoder::new(req.format);
+    let mut encoder = Encoder::new(format, stream.schema())?;
     let head = match &first {
         Some(b) => encoder.encode(b)?,
-        None => encoder.encode(&RecordBatch::new_empty(stream.schema()))?,
+        None => Bytes::new(),
     };
     let state = Some((stream, encoder, first.is_some()));
     let metrics = Arc::clone(&app.metrics);
@@ -102,20 +143,21 @@ async fn run_query(
         let metrics = Arc::clone(&metrics);
         async move {
             let (mut stream, mut encoder, more) = state?;
-            if !more {
-                metrics.query_done(true, started.elapsed());
-                return Some((Ok(encoder.finish()), None));
-            }
-            let chunk = match next_batch(&mut stream, deadline).await {
-                Ok(Some(b)) => encoder.encode(&b),
-                Ok(None) => {
-                    metrics.query_done(true, started.elapsed());
-                    return Some((Ok(encoder.finish()), None));
+            let chunk = if more {
+                match next_batch(&mut stream, deadline).await {
+                    Ok(Some(b)) => encoder.encode(&b).map(|b| (b, true)),
+                    Ok(None) => encoder.finish().map(|b| (b, false)),
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
+            } else {
+                encoder.finish().map(|b| (b, false))
             };
             match chunk {
-                Ok(bytes) => Some((Ok(bytes), Some((stream, encoder, true)))),
+                Ok((bytes, true)) => Some((Ok(bytes), Some((stream, encoder, true)))),
+                Ok((bytes, false)) => {
+                    metrics.query_done(true, started.elapsed());
+                    Some((Ok(bytes), None))
+                }
                 Err(e) => {
                     // Headers are gone; all that is left is to cut the body short.
                     tracing::warn!(error = %e, "query failed while streaming; response cut short");
@@ -126,35 +168,60 @@ async fn run_query(
         }
     });
     let body = stream::once(async move { Ok::<Bytes, std::io::Error>(head) }).chain(tail);
-    let content_type = match req.format {
-        Format::Json => "application/json",
-        Format::Csv => "text/csv; charset=utf-8",
-    };
     let mut resp = Body::from_stream(body).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
     Ok(resp)
 }
 
-/// Turns record batches into one continuous JSON array of row objects or one CSV
-/// document with a header line.
+/// A Parquet row group is written out once it holds this much.
+const PARQUET_ROW_GROUP_BYTES: usize = 64 << 20;
+
+/// Turns record batches into one document: a JSON array of row objects, CSV with a
+/// header line, an Arrow IPC stream, or a Parquet file (row groups written out as they
+/// fill, so memory stays bounded).
 struct Encoder {
     format: Format,
     started: bool,
     rows: u64,
+    schema: SchemaRef,
+    arrow: Option<StreamWriter<Vec<u8>>>,
+    parquet: Option<ArrowWriter<Vec<u8>>>,
+}
+
+fn fail(e: impl Into<datafusion::error::DataFusionError>) -> ApiError {
+    ApiError::Query(QueryError::DataFusion(e.into()))
 }
 
 impl Encoder {
-    fn new(format: Format) -> Self {
-        Self {
+    fn new(format: Format, schema: SchemaRef) -> Result<Self, ApiError> {
+        let mut e = Self {
             format,
             started: false,
             rows: 0,
+            schema: Arc::clone(&schema),
+            arrow: None,
+            parquet: None,
+        };
+        match format {
+            Format::Arrow => {
+                e.arrow = Some(StreamWriter::try_new(Vec::new(), &schema).map_err(fail)?)
+            }
+            Format::Parquet => {
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                    .build();
+                e.parquet =
+                    Some(ArrowWriter::try_new(Vec::new(), schema, Some(props)).map_err(fail)?);
+            }
+            Format::Json | Format::Csv => {}
         }
+        Ok(e)
     }
 
     fn encode(&mut self, batch: &RecordBatch) -> Result<Bytes, ApiError> {
-        let fail = |e: arrow::error::ArrowError| ApiError::Query(QueryError::DataFusion(e.into()));
         let mut out = Vec::new();
         match self.format {
             Format::Json => {
@@ -185,17 +252,57 @@ impl Encoder {
                     .build(&mut out);
                 w.write(batch).map_err(fail)?;
             }
+            Format::Arrow => {
+                if let Some(w) = &mut self.arrow {
+                    w.write(batch).map_err(fail)?;
+                    out = std::mem::take(w.get_mut());
+                }
+            }
+            Format::Parquet => {
+                if let Some(w) = &mut self.parquet {
+                    w.write(batch).map_err(fail)?;
+                    if w.in_progress_size() >= PARQUET_ROW_GROUP_BYTES {
+                        w.flush().map_err(fail)?;
+                    }
+                    out = std::mem::take(w.inner_mut());
+                }
+            }
         }
         self.started = true;
         self.rows += batch.num_rows() as u64;
         Ok(Bytes::from(out))
     }
 
-    fn finish(&mut self) -> Bytes {
-        match self.format {
+    fn finish(&mut self) -> Result<Bytes, ApiError> {
+        Ok(match self.format {
             Format::Json if self.rows == 0 => Bytes::from_static(b"[]"),
             Format::Json => Bytes::from_static(b"]"),
+            Format::Csv if !self.started => {
+                // No rows: still the header line.
+                let mut out = Vec::new();
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut out);
+                w.write(&RecordBatch::new_empty(Arc::clone(&self.schema)))
+                    .map_err(fail)?;
+                drop(w);
+                Bytes::from(out)
+            }
             Format::Csv => Bytes::new(),
-        }
+            Format::Arrow => match &mut self.arrow {
+                Some(w) => {
+                    w.finish().map_err(fail)?;
+                    Bytes::from(std::mem::take(w.get_mut()))
+                }
+                None => Bytes::new(),
+            },
+            Format::Parquet => match &mut self.parquet {
+                Some(w) => {
+                    w.finish().map_err(fail)?;
+                    Bytes::from(std::mem::take(w.inner_mut()))
+                }
+                None => Bytes::new(),
+            },
+        })
     }
 }

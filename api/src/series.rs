@@ -16,6 +16,7 @@ use std::fmt::Write as _;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type};
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use futures::StreamExt;
 use serde::Deserialize;
@@ -228,8 +229,9 @@ fn sql_str(s: &str) -> String {
 /// `GET /api/v1/series`.
 pub async fn series(
     State(app): State<AppState>,
-    Query(q): Query<SeriesQuery>,
+    query: Result<Query<SeriesQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let now = crate::now_ns();
     let devices: Vec<String> = q
         .device

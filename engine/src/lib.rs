@@ -224,7 +224,13 @@ pub(crate) struct Shared {
     pub frozen_bytes: AtomicUsize,
     pub poisoned: AtomicBool,
     pub stats: EngineStats,
+    /// Acknowledged batches, for live subscribers ([`Engine::subscribe`]).
+    pub live: tokio::sync::broadcast::Sender<Arc<ReadingBatch>>,
 }
+
+/// Acknowledged batches a live subscriber may fall behind by before it loses the
+/// oldest.
+pub const LIVE_BACKLOG_BATCHES: usize = 256;
 
 /// What a query reads: a consistent cut of buffer, rows being persisted and files.
 #[derive(Debug, Clone)]
@@ -393,6 +399,7 @@ impl Engine {
             }),
             frozen_bytes: AtomicUsize::new(0),
             poisoned: AtomicBool::new(false),
+            live: tokio::sync::broadcast::channel(LIVE_BACKLOG_BATCHES).0,
             stats: EngineStats {
                 last_persisted_ts: AtomicI64::new(i64::MIN),
                 ..Default::default()
@@ -527,6 +534,14 @@ impl Engine {
             frozen: view.frozen.clone(),
             manifest: Arc::clone(&view.manifest),
         }
+    }
+
+    /// Every batch acknowledged from now on, as it is acknowledged. A receiver that
+    /// falls more than [`LIVE_BACKLOG_BATCHES`] behind gets
+    /// `RecvError::Lagged(skipped)` and goes on from the oldest batch kept; writers
+    /// never wait for receivers.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<ReadingBatch>> {
+        self.inner.shared.live.subscribe()
     }
 
     /// The oldest reading time not yet persisted (in the buffer or being persisted):

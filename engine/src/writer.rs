@@ -161,6 +161,12 @@ pub(crate) fn run_apply(rx: Receiver<Vec<Pending>>, shared: Arc<Shared>) {
                 rows: p.batch.len(),
             };
             let _ = p.ack.send(Ok(receipt));
+            // Live subscribers get the batch once it is acknowledged; without any,
+            // nothing is kept. Sending never waits: a subscriber that falls behind
+            // loses the oldest batches (it is told how many).
+            if shared.live.receiver_count() > 0 {
+                let _ = shared.live.send(Arc::new(p.batch));
+            }
         }
     }
 }

@@ -327,3 +327,279 @@ fn latest_and_devices_come_from_the_latest_value_map_and_survive_a_restart() {
     assert_eq!(server.metric("wattdb_wal_replayed_readings"), Some(0.0));
     check(&server);
 }
+
+/// Fetches `path` and writes the body to `file`; the status and content type.
+fn download(
+    server: &Server,
+    path: &str,
+    body: Option<&str>,
+    file: &std::path::Path,
+) -> (u16, String) {
+    let url = format!("{}{path}", server.url);
+    let agent = crate::support::agent();
+    let r = match body {
+        Some(b) => agent
+            .post(&url)
+            .set("Content-Type", "application/json")
+            .send_string(b),
+        None => agent.get(&url).call(),
+    };
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(code, r)) => {
+            return (code, r.into_string().unwrap_or_default());
+        }
+        Err(e) => panic!("{path}: {e}"),
+    };
+    let status = resp.status();
+    let content_type = resp.header("content-type").unwrap_or("").to_owned();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes).unwrap();
+    std::fs::write(file, bytes).unwrap();
+    (status, content_type)
+}
+
+fn python(script: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3 (installed by scripts/test)");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn query_results_and_exports_stream_as_arrow_parquet_and_csv_that_real_readers_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let rows = fixture();
+    let (old, new): (Vec<_>, Vec<_>) = rows.iter().cloned().partition(|r| r.1 < T0 + 2 * 3600 * S);
+    write(&server, &old, "hall");
+    let (status, body) = server.post("/api/v1/admin/persist", "application/json", b"");
+    assert_eq!(status, 200, "{body}");
+    write(&server, &new, "hall");
+    // What WattDB's JSON says, to compare the other formats with.
+    let want = server.sql(
+        "SELECT count(*) AS n, sum(power) AS p, count(DISTINCT device_id) AS d FROM readings \
+         WHERE ts >= to_timestamp_nanos(1795384800000000000)",
+    );
+    let (n, p) = (
+        want[0]["n"].as_i64().unwrap(),
+        want[0]["p"].as_f64().unwrap(),
+    );
+    assert!(n > 1000);
+    let sql = "SELECT device_id, ts, power FROM readings WHERE ts >= to_timestamp_nanos(1795384800000000000)";
+    let summary =
+        "print(t.num_rows, f\"{pc.sum(t['power']).as_py():.3f}\", t.schema.field('ts').type)";
+
+    let arrow = dir.path().join("q.arrows");
+    let body = serde_json::json!({"sql": sql, "format": "arrow"}).to_string();
+    let (status, ct) = download(&server, "/api/v1/query", Some(&body), &arrow);
+    assert_eq!(
+        (status, ct.as_str()),
+        (200, "application/vnd.apache.arrow.stream")
+    );
+    let got = python(&format!(
+        "import pyarrow as pa, pyarrow.compute as pc\nt = pa.ipc.open_stream(open({:?}, 'rb')).read_all()\n{summary}",
+        arrow.display().to_string()
+    ));
+    assert_eq!(got, format!("{n} {p:.3} timestamp[ns, tz=UTC]"));
+
+    let parquet = dir.path().join("q.parquet");
+    let body = serde_json::json!({"sql": sql, "format": "parquet"}).to_string();
+    let (status, ct) = download(&server, "/api/v1/query", Some(&body), &parquet);
+    assert_eq!(
+        (status, ct.as_str()),
+        (200, "application/vnd.apache.parquet")
+    );
+    let got = python(&format!(
+        "import pyarrow.parquet as pq, pyarrow.compute as pc\nt = pq.read_table({:?})\n{summary}",
+        parquet.display().to_string()
+    ));
+    assert_eq!(got, format!("{n} {p:.3} timestamp[ns, tz=UTC]"));
+
+    // An empty result is still a valid document in every format.
+    let empty = "SELECT * FROM readings WHERE device_id = 'nobody'";
+    for (format, reader) in [
+        ("arrow", "pa.ipc.open_stream(open(f, 'rb')).read_all()"),
+        ("parquet", "pq.read_table(f)"),
+    ] {
+        let file = dir.path().join(format!("empty.{format}"));
+        let body = serde_json::json!({"sql": empty, "format": format}).to_string();
+        assert_eq!(
+            download(&server, "/api/v1/query", Some(&body), &file).0,
+            200
+        );
+        let got = python(&format!(
+            "import pyarrow as pa, pyarrow.parquet as pq\nf = {:?}\nt = {reader}\nprint(t.num_rows, t.num_columns)",
+            file.display().to_string()
+        ));
+        assert_eq!(got, "0 9", "{format}");
+    }
+    let (status, csv) = server.query(empty, "csv");
+    assert_eq!(status, 200);
+    assert!(csv.starts_with("device_id,ts,"), "{csv}");
+
+    // Exports: raw readings across files and buffer, and a rollup, read by DuckDB.
+    let file = dir.path().join("export.parquet");
+    let (status, ct) = download(
+        &server,
+        "/api/v1/export?from=2026-11-22T22:00:00Z&to=now&resolution=raw&format=parquet",
+        None,
+        &file,
+    );
+    assert_eq!(
+        (status, ct.as_str()),
+        (200, "application/vnd.apache.parquet")
+    );
+    let got = python(&format!(
+        "import duckdb\nr = duckdb.sql(\"SELECT count(*), sum(power), count(DISTINCT device_id) FROM read_parquet('{}')\").fetchall()[0]\nprint(r[0], f'{{r[1]:.3f}}', r[2])",
+        file.display()
+    ));
+    assert_eq!(got, format!("{n} {p:.3} 2"));
+    let file = dir.path().join("export-1m.parquet");
+    let (status, _) = download(
+        &server,
+        "/api/v1/export?from=2026-11-22T21:00:00Z&to=2026-11-22T23:00:00Z&resolution=1m&device=plug-b",
+        None,
+        &file,
+    );
+    assert_eq!(status, 200);
+    let want_1m = server.sql(
+        "SELECT count(*) AS n, sum(count) AS c FROM readings_1m WHERE device_id = 'plug-b' \
+         AND bucket < to_timestamp_nanos(1795388400000000000)",
+    );
+    let got = python(&format!(
+        "import duckdb\nprint(*duckdb.sql(\"SELECT count(*), sum(count), count(DISTINCT device_id) FROM read_parquet('{}')\").fetchall()[0])",
+        file.display()
+    ));
+    assert_eq!(got, format!("{} {} 1", want_1m[0]["n"], want_1m[0]["c"]));
+    let csv_file = dir.path().join("export.csv");
+    let (status, ct) = download(
+        &server,
+        "/api/v1/export?from=2026-11-22T21:00:00Z&to=now&prefix=plug-&format=csv",
+        None,
+        &csv_file,
+    );
+    assert_eq!((status, ct.as_str()), (200, "text/csv; charset=utf-8"));
+    let lines = std::fs::read_to_string(&csv_file).unwrap().lines().count();
+    assert_eq!(lines, rows.len() + 1, "a header and every reading");
+    for (query, needle) in [
+        ("from=now-1h&resolution=5m", "resolution"),
+        ("from=now-1h&format=xlsx", "format"),
+        ("from=now-1h&device=bad%20id", "device"),
+        ("from=soon", "from"),
+        ("to=now", "from"),
+    ] {
+        let (status, body) = server.get(&format!("/api/v1/export?{query}"));
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body.contains(needle), "{query}: {body}");
+    }
+}
+
+type Socket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
+
+fn subscribe(server: &Server, query: &str) -> Socket {
+    let url = format!(
+        "{}/api/v1/live?{query}",
+        server.url.replace("http://", "ws://")
+    );
+    let (ws, resp) = tungstenite::connect(url.as_str()).unwrap();
+    assert_eq!(resp.status().as_u16(), 101);
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+    }
+    ws
+}
+
+fn next_json(ws: &mut Socket) -> Value {
+    loop {
+        match ws.read().unwrap() {
+            tungstenite::Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => {}
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn live_streams_acknowledged_readings_of_chosen_plugs_and_skips_for_slow_subscribers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let mut ws = subscribe(&server, "device=plug-a");
+    let rows = fixture();
+    for chunk in rows[..300].chunks(100) {
+        write(&server, chunk, "hall");
+    }
+    let want: Vec<&(String, i64, f64)> = rows[..300].iter().filter(|r| r.0 == "plug-a").collect();
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        let msg = next_json(&mut ws);
+        for r in msg.as_array().unwrap() {
+            assert_eq!(r["device_id"], "plug-a", "{r}");
+            got.push((
+                r["ts"].as_str().unwrap().to_owned(),
+                r["power"].as_f64().unwrap(),
+            ));
+        }
+    }
+    let want: Vec<(String, f64)> = want.iter().map(|r| (rfc(r.1), r.2)).collect();
+    assert_eq!(got, want, "every acknowledged reading of plug-a, in order");
+    assert_eq!(server.metric("wattdb_live_subscribers"), Some(1.0));
+
+    // A subscriber that does not read: writes go on at full speed, and once it reads
+    // again it is told what it missed.
+    let mut slow = subscribe(&server, "prefix=plug-");
+    let big: Vec<(String, i64, f64)> = (0..2000)
+        .map(|k| {
+            (
+                format!("plug-{}", k % 50),
+                T0 + 86_400 * S + k * S,
+                k as f64,
+            )
+        })
+        .collect();
+    for round in 0..300i64 {
+        let batch: Vec<_> = big
+            .iter()
+            .map(|(d, t, p)| (d.clone(), t + round * 10_000 * S, *p))
+            .collect();
+        write(&server, &batch, "hall");
+    }
+    let mut skipped = 0;
+    let mut readings = 0;
+    loop {
+        let msg = next_json(&mut slow);
+        if msg["notice"] == "skipped" {
+            skipped += msg["batches"].as_u64().unwrap();
+            continue;
+        }
+        let arr = msg.as_array().unwrap();
+        readings += arr.len();
+        // The newest batch arrives last.
+        if arr.last().unwrap()["ts"] == rfc(T0 + 86_400 * S + 1999 * S + 299 * 10_000 * S) {
+            break;
+        }
+    }
+    assert!(skipped > 0, "a notice of skipped batches");
+    assert_eq!(
+        readings as u64 + skipped * 2000,
+        300 * 2000,
+        "each batch either arrives or is counted as skipped"
+    );
+    drop(slow);
+    drop(ws);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.metric("wattdb_live_subscribers") != Some(0.0) {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (status, body) = server.get("/api/v1/live?device=bad%20id");
+    assert_eq!(status, 400, "{body}");
+}
