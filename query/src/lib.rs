@@ -15,12 +15,17 @@ mod readings;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::Statement;
+use futures::StreamExt;
 use wattdb_engine::{Engine, Tier};
 
 pub use error::{Error, Result};
@@ -89,6 +94,11 @@ impl QueryEngine {
     /// Plans `sql` (a single reading statement) and starts it. The stream yields
     /// record batches as they are produced; the caller applies [`QueryConfig::deadline`]
     /// to the whole (see [`QueryEngine::deadline`]).
+    ///
+    /// Planning and execution run on the query runtime ([`query_runtime`]), not on the
+    /// caller's: a query that computes for long without yielding never holds up HTTP
+    /// requests or writes, and the caller's deadline fires on time. Dropping the stream
+    /// (or this future) cancels the query and frees its memory.
     pub async fn sql(&self, sql: &str) -> Result<SendableRecordBatchStream> {
         check_read_only(sql)?;
         let ctx = self.context()?;
@@ -96,16 +106,95 @@ impl QueryEngine {
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        let df = ctx
-            .sql_with_options(sql, options)
-            .await
-            .map_err(Error::from_planning)?;
-        df.execute_stream().await.map_err(Error::from_planning)
+        let sql = sql.to_owned();
+        let (tx, rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
+        let (planned_tx, planned_rx) = tokio::sync::oneshot::channel::<Result<SchemaRef>>();
+        let work = async move {
+            let planned = async {
+                let df = ctx
+                    .sql_with_options(&sql, options)
+                    .await
+                    .map_err(Error::from_planning)?;
+                df.execute_stream().await.map_err(Error::from_planning)
+            }
+            .await;
+            let mut stream = match planned {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = planned_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = planned_tx.send(Ok(stream.schema()));
+            while let Some(b) = stream.next().await {
+                if tx.send(b).await.is_err() {
+                    break;
+                }
+            }
+        };
+        // Without a runtime of its own (it could not start), on the caller's.
+        let task = match query_runtime() {
+            Some(rt) => rt.spawn(work),
+            None => tokio::spawn(work),
+        };
+        let guard = AbortOnDrop(task.abort_handle());
+        let schema = planned_rx.await.map_err(|_| {
+            Error::DataFusion(DataFusionError::Internal("the query task ended".into()))
+        })??;
+        let batches = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+            rx.recv().await.map(|b| (b, (rx, guard)))
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
 
     pub fn deadline(&self) -> Duration {
         self.config.deadline
     }
+}
+
+/// Aborts a query's task when the stream (or the future waiting for its plan) is
+/// dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The runtime queries run on, shared by every [`QueryEngine`] of the process: one
+/// worker thread per core, apart from the runtime that serves HTTP and MQTT.
+pub fn query_runtime() -> Option<&'static tokio::runtime::Handle> {
+    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Handle>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name("wattdb-query".into())
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(threads)
+                        .thread_name("wattdb-query-worker")
+                        .enable_all()
+                        .build();
+                    match rt {
+                        Ok(rt) => {
+                            let _ = tx.send(Some(rt.handle().clone()));
+                            // Lives as long as the process.
+                            rt.block_on(std::future::pending::<()>());
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot start the query runtime");
+                            let _ = tx.send(None);
+                        }
+                    }
+                })
+                .ok()
+                .and_then(|_| rx.recv().ok().flatten())
+        })
+        .as_ref()
 }
 
 /// Accepts exactly one `SELECT`-like statement (query, EXPLAIN, SHOW, DESCRIBE).

@@ -359,3 +359,73 @@ fn metrics_count_writes_rejections_fsyncs_and_queries() {
     }
     assert!(text.contains("wattdb_process_resident_bytes "), "{text}");
 }
+
+/// 100 plugs × 1,000 readings.
+fn many_readings(server: &Server) {
+    let mut body = String::new();
+    for d in 0..100 {
+        for k in 0..1000i64 {
+            body.push_str(&format!(
+                "power_metrics,device_id=m{d} voltage=230,current=1,power={k}.5 {}\n",
+                T0 + k * 1_000_000_000
+            ));
+        }
+    }
+    let (status, text) = server.write_lp(&body);
+    assert_eq!(status, 204, "{text}");
+}
+
+#[test]
+fn a_query_over_its_memory_limit_gets_422_and_the_server_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--query-memory-mib", "1"]);
+    many_readings(&server);
+    let (status, body) = server.query(
+        "SELECT device_id, array_agg(power) AS a FROM readings GROUP BY device_id",
+        "json",
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("memory limit"), "{body}");
+    let rows = server.sql("SELECT count(*) AS n FROM readings");
+    assert_eq!(rows[0]["n"], 100_000);
+}
+
+#[test]
+fn a_query_past_its_deadline_gets_504_while_writes_and_queries_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--query-timeout-s", "1"]);
+    many_readings(&server);
+    // Twenty billion numbers: far more than a second of work.
+    let slow = {
+        let url = server.url.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let body = serde_json::json!({
+                "sql": "SELECT sum(value) AS s FROM generate_series(1, 20000000000)"
+            })
+            .to_string();
+            let r = crate::support::response(
+                crate::support::agent()
+                    .post(&format!("{url}/api/v1/query"))
+                    .set("Content-Type", "application/json")
+                    .send_string(&body),
+            );
+            (r, started.elapsed())
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Meanwhile the query runs on its own threads: writes and small queries answer.
+    let (status, text) = server.write_lp(&lp_line("w1", T0, 1.0));
+    assert_eq!(status, 204, "{text}");
+    let ((status, body), took) = slow.join().unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("deadline"), "{body}");
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "answered {took:?} after a 1 s deadline"
+    );
+    // The cancelled query no longer holds the query threads: the next one answers
+    // within the same 1 s deadline.
+    let rows = server.sql("SELECT count(*) AS n FROM readings");
+    assert_eq!(rows[0]["n"], 100_001);
+}
