@@ -38,6 +38,9 @@ enum Command {
     /// Measure MQTT ingest through a broker: its own delivery ceiling to a subscriber
     /// that only counts, or a running WattDB's sustained rate (with loss verified).
     MqttBench(MqttBenchCli),
+    /// Time dashboard and analytics questions against a running WattDB that holds
+    /// data (e.g. after `wattdb loadgen --backfill 7d`), end to end over HTTP.
+    QueryBench(QueryBenchCli),
     /// Inspect or repair the write-ahead log of a stopped server.
     Wal {
         #[command(subcommand)]
@@ -299,6 +302,37 @@ struct LoadgenCli {
 }
 
 #[derive(Debug, clap::Args)]
+struct QueryBenchCli {
+    /// Base URL of the WattDB to ask.
+    #[arg(long, default_value = "http://127.0.0.1:8181")]
+    url: String,
+    /// Plug of the single-plug questions (default: the first one).
+    #[arg(long)]
+    plug: Option<String>,
+    /// Timed runs per question.
+    #[arg(long, default_value_t = 30)]
+    runs: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn query_bench(cli: QueryBenchCli) -> anyhow::Result<()> {
+    let report = wattdb_benches::queries::run(&wattdb_benches::queries::QueryBenchArgs {
+        url: cli.url,
+        plug: cli.plug,
+        runs: cli.runs,
+    })
+    .context("query benchmark failed")?;
+    if cli.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        report.print_human();
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
 struct MqttBenchCli {
     /// The broker to publish to.
     #[arg(long, default_value = "mqtt://127.0.0.1:1883", value_name = "URL")]
@@ -477,6 +511,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Loadgen(cli) => loadgen(cli),
         Command::MqttBench(cli) => mqtt_bench(cli),
+        Command::QueryBench(cli) => query_bench(cli),
         Command::Wal { command } => {
             init_tracing(LogFormat::Text);
             wal_command(command)

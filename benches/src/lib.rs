@@ -20,6 +20,7 @@
 //!   returns a [`Report`].
 //! - [`mqtt`]: `wattdb mqtt-bench`, the MQTT path through a real broker: the broker's
 //!   own delivery ceiling to a subscriber that only counts, and WattDB's sustained rate.
+//! - [`queries`]: `wattdb query-bench`, dashboard and analytics questions over HTTP.
 //! - [`histogram`]: the log-bucket latency histogram the report's percentiles come from.
 //!
 //! It is not a client library: it knows only the write routes, the query route,
@@ -29,6 +30,7 @@ pub mod encode;
 pub mod histogram;
 pub mod loadgen;
 pub mod mqtt;
+pub mod queries;
 mod rng;
 pub mod simulator;
 
