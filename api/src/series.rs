@@ -8,12 +8,12 @@
 //! reading not yet persisted (rounded down to the table's bucket): before it the
 //! rollup rows answer, from it on the raw readings (buffer and files), aggregated the
 //! same way; a step bucket that straddles the split combines both. The series is thus
-//! current to the last acknowledged reading.
+//! current to the last acknowledged reading. Both are plain scans; the step buckets
+//! are aggregated here.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -330,57 +330,90 @@ pub async fn series(
         .map(|d| sql_str(d))
         .collect::<Vec<_>>()
         .join(", ");
-    let bucket_of =
-        |col: &str| format!("((CAST({col} AS BIGINT) + {offset}) / {step}) * {step} - {offset}");
+    let bucket_of = |t: i64| (t + offset).div_euclid(step) * step - offset;
     let cap = 300 * S;
     let mut cells: BTreeMap<(String, usize), BTreeMap<i64, Cell>> = BTreeMap::new();
+    let mut add = |device: &str, k: usize, t: i64, cell: Cell| {
+        cells
+            .entry((device.to_owned(), k))
+            .or_default()
+            .entry(bucket_of(t))
+            .and_modify(|c| c.merge(&cell))
+            .or_insert(cell);
+    };
+    // Plain scans (the page index finds the plugs' rows), aggregated here: cheaper than
+    // planning and running a grouped aggregate for the few thousand rows of a chart.
     for (k, field) in fields.iter().enumerate() {
-        let mut parts = Vec::new();
         if let Some(r) = table
             && split > first_bucket
         {
-            parts.push(rollup_part(
-                r,
-                field,
-                &in_list,
-                &bucket_of("bucket"),
-                first_bucket,
-                split,
-            ));
+            let sql = rollup_rows(r, field, &in_list, first_bucket, split);
+            for b in run(&app, &sql).await? {
+                let dev = b.column(0).as_string::<i32>();
+                let t = b.column(1).as_primitive::<Int64Type>();
+                let n = b.column(2).as_primitive::<Int64Type>();
+                let f = |i: usize| b.column(i).as_primitive::<Float64Type>();
+                let (sum, min, max, last, energy) = (f(3), f(4), f(5), f(6), f(8));
+                let last_ts = b.column(7).as_primitive::<Int64Type>();
+                for i in 0..b.num_rows() {
+                    let cell = Cell {
+                        n: n.value(i),
+                        sum: sum.value(i),
+                        min: min.value(i),
+                        max: max.value(i),
+                        last: last.value(i),
+                        last_ts: last_ts.value(i),
+                        energy: energy.value(i),
+                    };
+                    add(dev.value(i), k, t.value(i), cell);
+                }
+            }
         }
         if split < end {
-            parts.push(raw_part(field, &in_list, &bucket_of("ts"), split, end, cap));
-        }
-        if parts.is_empty() {
-            continue;
-        }
-        let sql = parts.join(" UNION ALL ");
-        for b in run(&app, &sql).await? {
-            let dev = b.column(0).as_string::<i32>();
-            let bucket = b.column(1).as_primitive::<Int64Type>();
-            let n = b.column(2).as_primitive::<Int64Type>();
-            let f = |i: usize| b.column(i).as_primitive::<Float64Type>();
-            let (sum, min, max, last, energy) = (f(3), f(4), f(5), f(6), f(8));
-            let last_ts = b.column(7).as_primitive::<Int64Type>();
-            for i in 0..b.num_rows() {
-                if n.is_null(i) || n.value(i) == 0 {
-                    continue;
+            // Raw readings from the split on, and those up to the gap cap before it
+            // (predecessors of the first intervals).
+            let sql = raw_rows(field, &in_list, split.saturating_sub(cap), end);
+            let mut by_plug: BTreeMap<String, Vec<(i64, f64, f64)>> = BTreeMap::new();
+            for b in run(&app, &sql).await? {
+                let dev = b.column(0).as_string::<i32>();
+                let t = b.column(1).as_primitive::<Int64Type>();
+                let v = b.column(2).as_primitive::<Float64Type>();
+                let p = b.column(3).as_primitive::<Float64Type>();
+                for i in 0..b.num_rows() {
+                    by_plug.entry(dev.value(i).to_owned()).or_default().push((
+                        t.value(i),
+                        v.value(i),
+                        p.value(i),
+                    ));
                 }
-                let cell = Cell {
-                    n: n.value(i),
-                    sum: sum.value(i),
-                    min: min.value(i),
-                    max: max.value(i),
-                    last: last.value(i),
-                    last_ts: last_ts.value(i),
-                    energy: energy.value(i),
-                };
-                cells
-                    .entry((dev.value(i).to_owned(), k))
-                    .or_default()
-                    .entry(bucket.value(i))
-                    .and_modify(|c| c.merge(&cell))
-                    .or_insert(cell);
+            }
+            for (device, mut rows) in by_plug {
+                rows.sort_by_key(|r| r.0);
+                let mut prev: Option<(i64, f64)> = None;
+                for (t, v, p) in rows {
+                    // The interval from the previous reading is booked at its end, as
+                    // in the rollups.
+                    let energy = match prev {
+                        Some((pt, pp)) if t - pt <= cap => {
+                            (pp + p) / 2.0 * ((t - pt) as f64 / 1e9) / 3600.0
+                        }
+                        _ => 0.0,
+                    };
+                    prev = Some((t, p));
+                    if t < split {
+                        continue;
+                    }
+                    let cell = Cell {
+                        n: 1,
+                        sum: v,
+                        min: v,
+                        max: v,
+                        last: v,
+                        last_ts: t,
+                        energy,
+                    };
+                    add(&device, k, t, cell);
+                }
             }
         }
     }
@@ -472,23 +505,13 @@ fn filled(
     }
 }
 
-/// Partial aggregates per plug and step bucket from a rollup table, for buckets in
-/// `[from, split)` (both aligned to the table's buckets).
-fn rollup_part(
-    r: Resolution,
-    field: &str,
-    devices: &str,
-    bucket: &str,
-    from: i64,
-    split: i64,
-) -> String {
+/// The rollup rows of the plugs with buckets in `[from, split)` (both aligned to the
+/// table's buckets): plug, bucket, count, and the field's sum, min, max and last value,
+/// the time of the last reading and the energy.
+fn rollup_rows(r: Resolution, field: &str, devices: &str, from: i64, split: i64) -> String {
     let (sum, min, max, last) = if field == "energy_wh" {
-        (
-            "energy_wh".to_owned(),
-            "0.0".to_owned(),
-            "0.0".to_owned(),
-            "0.0".to_owned(),
-        )
+        let z = "CAST(0.0 AS DOUBLE)".to_owned();
+        (z.clone(), z.clone(), z.clone(), z)
     } else {
         (
             format!("{field}_sum"),
@@ -497,40 +520,27 @@ fn rollup_part(
             format!("{field}_last"),
         )
     };
-    let mut sql = String::new();
-    let _ = write!(
-        sql,
-        "SELECT device_id, {bucket} AS b, CAST(sum(count) AS BIGINT) AS n, \
-         CAST(sum({sum}) AS DOUBLE) AS s, CAST(min({min}) AS DOUBLE) AS lo, \
-         CAST(max({max}) AS DOUBLE) AS hi, \
-         CAST(last_value({last} ORDER BY last_ts) AS DOUBLE) AS last, \
-         CAST(max(last_ts) AS BIGINT) AS lt, CAST(sum(energy_wh) AS DOUBLE) AS e \
+    format!(
+        "SELECT device_id, CAST(bucket AS BIGINT) AS t, count AS n, {sum} AS s, {min} AS lo, \
+         {max} AS hi, {last} AS last, CAST(last_ts AS BIGINT) AS lt, energy_wh AS e \
          FROM readings_{name} WHERE device_id IN ({devices}) \
-         AND bucket >= to_timestamp_nanos({from}) AND bucket < to_timestamp_nanos({split}) \
-         GROUP BY 1, 2",
+         AND bucket >= to_timestamp_nanos({from}) AND bucket < to_timestamp_nanos({split})",
         name = r.name(),
-    );
-    sql
+    )
 }
 
-/// The same partial aggregates from raw readings with `ts` in `[from, to)`; energy is
-/// integrated from power over the intervals ending in the range (each booked at its
-/// end, none longer than `cap`), as the rollups do.
-fn raw_part(field: &str, devices: &str, bucket: &str, from: i64, to: i64, cap: i64) -> String {
-    let v = if field == "energy_wh" { "0.0" } else { field };
+/// The raw readings of the plugs with `ts` in `[from, to)`: plug, time, the field's
+/// value and the power.
+fn raw_rows(field: &str, devices: &str, from: i64, to: i64) -> String {
+    let v = if field == "energy_wh" {
+        "CAST(0.0 AS DOUBLE)"
+    } else {
+        field
+    };
     format!(
-        "SELECT device_id, {bucket} AS b, CAST(count(*) AS BIGINT) AS n, \
-         CAST(sum({v}) AS DOUBLE) AS s, CAST(min({v}) AS DOUBLE) AS lo, \
-         CAST(max({v}) AS DOUBLE) AS hi, CAST(last_value({v} ORDER BY ts) AS DOUBLE) AS last, \
-         CAST(max(CAST(ts AS BIGINT)) AS BIGINT) AS lt, CAST(sum(e) AS DOUBLE) AS e FROM ( \
-           SELECT *, CASE WHEN pt IS NOT NULL AND CAST(ts AS BIGINT) - pt <= {cap} \
-             THEN (pp + power) / 2.0 * ((CAST(ts AS BIGINT) - pt) / 1e9) / 3600.0 ELSE 0.0 END AS e \
-           FROM (SELECT *, lag(CAST(ts AS BIGINT)) OVER w AS pt, lag(power) OVER w AS pp \
-             FROM readings WHERE device_id IN ({devices}) \
-             AND ts >= to_timestamp_nanos({before}) AND ts < to_timestamp_nanos({to}) \
-             WINDOW w AS (PARTITION BY device_id ORDER BY ts)) \
-         ) WHERE ts >= to_timestamp_nanos({from}) GROUP BY 1, 2",
-        before = from.saturating_sub(cap),
+        "SELECT device_id, CAST(ts AS BIGINT) AS t, {v} AS v, power FROM readings \
+         WHERE device_id IN ({devices}) \
+         AND ts >= to_timestamp_nanos({from}) AND ts < to_timestamp_nanos({to})"
     )
 }
 

@@ -19,6 +19,8 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::cache::cache_manager::{CacheManagerConfig, FileMetadataCache};
+use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -52,16 +54,36 @@ impl Default for QueryConfig {
     }
 }
 
+/// Parquet footers and page indexes kept in memory across queries (files never change
+/// once written, so an entry is never stale).
+const METADATA_CACHE_BYTES: usize = 64 << 20;
+
 /// Plans and runs read-only SQL over WattDB's tables.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct QueryEngine {
     engine: Engine,
     config: QueryConfig,
+    /// Shared by every query's session; each query has a memory pool of its own.
+    metadata: Arc<FileMetadataCache>,
+}
+
+impl std::fmt::Debug for QueryEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryEngine")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl QueryEngine {
     pub fn new(engine: Engine, config: QueryConfig) -> Self {
-        Self { engine, config }
+        let metadata: Arc<FileMetadataCache> =
+            Arc::new(DefaultCache::new(METADATA_CACHE_BYTES).with_name("wattdb-parquet-metadata"));
+        Self {
+            engine,
+            config,
+            metadata,
+        }
     }
 
     pub fn config(&self) -> &QueryConfig {
@@ -72,10 +94,19 @@ impl QueryEngine {
     pub fn context(&self) -> Result<SessionContext> {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.config.memory_limit, 1.0)
+            .with_cache_manager(
+                CacheManagerConfig::default()
+                    .with_file_metadata_cache(Some(Arc::clone(&self.metadata)))
+                    .with_metadata_cache_limit(METADATA_CACHE_BYTES),
+            )
             .build_arc()
             .map_err(Error::DataFusion)?;
+        // Files are not split into byte ranges: WattDB's files are many and
+        // partitioned by time, which gives scans their parallelism, and a query for one
+        // plug would otherwise open the same file (footer, page index) twice.
         let session = SessionConfig::new()
             .with_target_partitions(self.config.target_partitions)
+            .with_repartition_file_scans(false)
             .with_information_schema(true);
         let ctx = SessionContext::new_with_config_rt(session, runtime);
         let url = datafusion::execution::object_store::ObjectStoreUrl::parse(readings::STORE_URL)
