@@ -61,6 +61,8 @@ pub struct AppState {
     pub mqtt: Option<Arc<wattdb_ingest::subscriber::SubscriberStats>>,
     /// Deadline of an export (longer than that of a query).
     pub export_deadline: std::time::Duration,
+    /// A live subscriber that takes no message for this long is disconnected.
+    pub live_send_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -71,6 +73,7 @@ impl AppState {
             metrics: Arc::default(),
             mqtt: None,
             export_deadline: std::time::Duration::from_secs(3600),
+            live_send_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

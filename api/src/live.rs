@@ -7,7 +7,7 @@
 //! subscribers: a subscriber that falls more than
 //! [`LIVE_BACKLOG_BATCHES`](wattdb_engine::LIVE_BACKLOG_BATCHES) batches behind skips
 //! the oldest and gets `{"notice": "skipped", "batches": N}` instead; one that does
-//! not take a message within [`SEND_TIMEOUT`] is disconnected. Memory per subscriber
+//! not take a message within `--live-send-timeout-s` (30 s) is disconnected. Memory per subscriber
 //! is bounded by that backlog, shared by all subscribers.
 
 use std::sync::Arc;
@@ -25,9 +25,6 @@ use wattdb_engine::ReadingBatch;
 use crate::AppState;
 use crate::dashboard::rfc3339;
 use crate::error::ApiError;
-
-/// A subscriber that does not take a message for this long is disconnected.
-pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,20 +102,21 @@ pub async fn live(
     // Subscribed before the upgrade: nothing acknowledged after the answer is missed.
     let rx = app.engine.subscribe();
     let metrics = Arc::clone(&app.metrics);
+    let timeout = app.live_send_timeout;
     Ok(ws.on_upgrade(move |socket| async move {
         metrics
             .live_subscribers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        forward(socket, rx, selection).await;
+        forward(socket, rx, selection, timeout).await;
         metrics
             .live_subscribers
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }))
 }
 
-async fn send(socket: &mut WebSocket, text: String) -> bool {
+async fn send(socket: &mut WebSocket, text: String, timeout: Duration) -> bool {
     matches!(
-        tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await,
+        tokio::time::timeout(timeout, socket.send(Message::Text(text.into()))).await,
         Ok(Ok(()))
     )
 }
@@ -127,6 +125,7 @@ async fn forward(
     mut socket: WebSocket,
     mut rx: tokio::sync::broadcast::Receiver<Arc<ReadingBatch>>,
     selection: Selection,
+    timeout: Duration,
 ) {
     loop {
         tokio::select! {
@@ -141,7 +140,7 @@ async fn forward(
                     }
                     Err(RecvError::Closed) => break,
                 };
-                if !send(&mut socket, text).await {
+                if !send(&mut socket, text, timeout).await {
                     break;
                 }
             }

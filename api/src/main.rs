@@ -89,6 +89,10 @@ struct ServeArgs {
     /// Longest an export (GET /api/v1/export) may run, in seconds.
     #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     export_timeout_s: u64,
+    /// A live subscriber (GET /api/v1/live) that takes no message for this long is
+    /// disconnected, in seconds.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    live_send_timeout_s: u64,
     /// Persist the buffer to Parquet at least this often, in seconds.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     persist_interval_s: u64,
@@ -604,6 +608,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let mut state = AppState::new(engine.clone(), query);
     state.export_deadline = Duration::from_secs(args.export_timeout_s.max(1));
+    state.live_send_timeout = Duration::from_secs(args.live_send_timeout_s.max(1));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();

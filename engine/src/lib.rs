@@ -230,7 +230,7 @@ pub(crate) struct Shared {
 
 /// Acknowledged batches a live subscriber may fall behind by before it loses the
 /// oldest.
-pub const LIVE_BACKLOG_BATCHES: usize = 256;
+pub const LIVE_BACKLOG_BATCHES: usize = 128;
 
 /// What a query reads: a consistent cut of buffer, rows being persisted and files.
 #[derive(Debug, Clone)]
