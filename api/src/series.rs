@@ -2,8 +2,9 @@
 //! step.
 //!
 //! The step (`auto` by default) picks the table: `readings_1d` when it is a whole
-//! number of days (and the time zone offset a whole number of days, i.e. UTC),
-//! `readings_1h` for whole hours, `readings_1m` for whole minutes, else `readings`.
+//! number of days in UTC, `readings_1h` for whole hours (and for days in a zone whose
+//! offset is whole hours, such as `Europe/Berlin` or `+02:00`, with days of 23 and 25
+//! hours at DST changes), `readings_1m` for whole minutes, else `readings`.
 //! Rollup rows exist only for persisted readings, so the range splits at the oldest
 //! reading not yet persisted (rounded down to the table's bucket): before it the
 //! rollup rows answer, from it on the raw readings (buffer and files), aggregated the
@@ -155,35 +156,104 @@ fn parse_duration_ns(s: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("{s:?} is not a positive duration"))
 }
 
-/// `UTC`, `Z` or a fixed offset `+02:00` / `-05:30`, in nanoseconds east of UTC.
-fn parse_tz(s: &str) -> Result<i64, ApiError> {
+const DAY_NS: i64 = 86_400 * S;
+
+/// The time zone whose local time step buckets follow.
+#[derive(Debug, Clone, Copy)]
+enum Zone {
+    /// A fixed offset east of UTC, in nanoseconds (UTC is 0).
+    Fixed(i64),
+    /// A named zone (IANA), whose offset changes with daylight saving time.
+    Named(chrono_tz::Tz),
+}
+
+/// `UTC`, `Z`, a fixed offset `+02:00` / `-05:30`, or an IANA zone `Europe/Berlin`.
+fn parse_tz(s: &str) -> Result<Zone, ApiError> {
     let s = s.trim();
     if s.eq_ignore_ascii_case("utc") || s == "Z" {
-        return Ok(0);
+        return Ok(Zone::Fixed(0));
     }
     let err = || {
         bad(format!(
-            "tz {s:?} is not UTC or a fixed offset like +02:00 (named zones are not supported yet)"
+            "tz {s:?} is not UTC, a fixed offset like +02:00 or a time zone like Europe/Berlin"
         ))
     };
     let (sign, rest) = match s.as_bytes().first() {
         Some(b'+') => (1, &s[1..]),
         Some(b'-') => (-1, &s[1..]),
-        _ => return Err(err()),
+        _ => {
+            return s
+                .parse::<chrono_tz::Tz>()
+                .map(Zone::Named)
+                .map_err(|_| err());
+        }
     };
     let (h, m) = rest.split_once(':').ok_or_else(err)?;
     let (h, m): (i64, i64) = (h.parse().map_err(|_| err())?, m.parse().map_err(|_| err())?);
     if h > 14 || m >= 60 {
         return Err(err());
     }
-    Ok(sign * (h * 3_600 + m * 60) * S)
+    Ok(Zone::Fixed(sign * (h * 3_600 + m * 60) * S))
 }
 
-/// The table that serves `step` (ns) with buckets aligned at `offset` (ns).
-fn table_for(step: i64, offset: i64) -> Option<Resolution> {
-    [Resolution::Day, Resolution::Hour, Resolution::Minute]
-        .into_iter()
-        .find(|r| step % r.width_ns() == 0 && offset % r.width_ns() == 0)
+impl Zone {
+    /// Nanoseconds east of UTC at `t`.
+    fn offset_at(self, t: i64) -> i64 {
+        use chrono::{Offset, TimeZone};
+        match self {
+            Zone::Fixed(o) => o,
+            Zone::Named(tz) => {
+                let utc = chrono::DateTime::from_timestamp_nanos(t).naive_utc();
+                i64::from(tz.offset_from_utc_datetime(&utc).fix().local_minus_utc()) * S
+            }
+        }
+    }
+
+    /// Start of the step bucket holding `t`: steps of whole days start at local
+    /// midnight (days of 23 or 25 hours included), shorter steps at multiples of the
+    /// step in local time.
+    fn bucket_start(self, t: i64, step: i64) -> i64 {
+        let off = self.offset_at(t);
+        let local = (t + off).div_euclid(step) * step;
+        match self {
+            Zone::Named(tz) if step % DAY_NS == 0 => {
+                let date = chrono::DateTime::from_timestamp_nanos(local).date_naive();
+                let midnight = date.and_hms_opt(0, 0, 0).unwrap_or_default();
+                chrono::TimeZone::from_local_datetime(&tz, &midnight)
+                    .earliest()
+                    .and_then(|d| d.timestamp_nanos_opt())
+                    // Midnight skipped by a DST change: the bucket starts at 01:00.
+                    .unwrap_or(local - off + 3_600 * S)
+            }
+            _ => local - off,
+        }
+    }
+
+    /// Start of the bucket after the one starting at `b`.
+    fn next_bucket(self, b: i64, step: i64) -> i64 {
+        match self {
+            // A day may be 23 or 25 hours long: land well inside the next bucket.
+            Zone::Named(_) if step % DAY_NS == 0 => {
+                self.bucket_start(b + step + 3 * 3_600 * S, step)
+            }
+            _ => self.bucket_start(b + step, step),
+        }
+    }
+
+    /// The table that serves `step` over `[from, to]`: the coarsest whose buckets
+    /// never straddle a step bucket.
+    fn table_for(self, step: i64, from: i64, to: i64) -> Option<Resolution> {
+        let offsets = [self.offset_at(from), self.offset_at(to)];
+        [Resolution::Day, Resolution::Hour, Resolution::Minute]
+            .into_iter()
+            .find(|r| {
+                let w = r.width_ns();
+                step % w == 0
+                    && offsets.iter().all(|o| o % w == 0)
+                    // A day of a named zone is not always 24 hours.
+                    && !(matches!(self, Zone::Named(_)) && *r == Resolution::Day)
+            })
+    }
 }
 
 /// One step bucket of one plug: partial aggregates, combinable across the two parts.
@@ -277,7 +347,7 @@ pub async fn series(
             )));
         }
     };
-    let offset = parse_tz(q.tz.as_deref().unwrap_or("UTC"))?;
+    let zone = parse_tz(q.tz.as_deref().unwrap_or("UTC"))?;
     let fields: Vec<&str> = match agg {
         Agg::Energy => vec!["energy_wh"],
         _ => {
@@ -315,10 +385,10 @@ pub async fn series(
             "{points} points per series are more than {MAX_POINTS}; use a larger step"
         )));
     }
-    let table = table_for(step, offset);
+    let table = zone.table_for(step, from, to);
     // Whole step buckets: from the one holding `from` to the one holding `to`.
-    let first_bucket = (from + offset).div_euclid(step) * step - offset;
-    let end = (to - 1 + offset).div_euclid(step) * step - offset + step;
+    let first_bucket = zone.bucket_start(from, step);
+    let end = zone.next_bucket(zone.bucket_start(to - 1, step), step);
     // Rollup rows answer the buckets that end before the oldest unpersisted reading.
     let split = match (table, app.engine.unpersisted_from()) {
         (Some(r), Some(t)) => r.bucket_start(t).clamp(first_bucket, end),
@@ -330,7 +400,7 @@ pub async fn series(
         .map(|d| sql_str(d))
         .collect::<Vec<_>>()
         .join(", ");
-    let bucket_of = |t: i64| (t + offset).div_euclid(step) * step - offset;
+    let bucket_of = |t: i64| zone.bucket_start(t, step);
     let cap = 300 * S;
     let mut cells: BTreeMap<(String, usize), BTreeMap<i64, Cell>> = BTreeMap::new();
     let mut add = |device: &str, k: usize, t: i64, cell: Cell| {
@@ -417,10 +487,10 @@ pub async fn series(
             }
         }
     }
-    let buckets: Vec<i64> = (0..)
-        .map(|i| first_bucket + i * step)
-        .take_while(|&b| b < end)
-        .collect();
+    let buckets: Vec<i64> =
+        std::iter::successors(Some(first_bucket), |&b| Some(zone.next_bucket(b, step)))
+            .take_while(|&b| b < end)
+            .collect();
     let mut series = Vec::new();
     for d in &devices {
         for (k, field) in fields.iter().enumerate() {

@@ -274,6 +274,7 @@ fn series_at_every_resolution_equal_a_computation_from_raw_readings() {
         ("device=plug-a&step=10x", "step"),
         ("device=plug-a&from=yesterday", "from"),
         ("device=plug-a&tz=Mars/Olympus", "tz"),
+        ("device=plug-a&tz=%2B25:00", "tz"),
         ("device=plug-a&from=now-30d&step=1s", "points"),
         ("device=plug-a&from=now&to=now-1h", "before"),
     ] {
@@ -607,4 +608,48 @@ fn live_streams_acknowledged_readings_of_chosen_plugs_and_skips_for_slow_subscri
     }
     let (status, body) = server.get("/api/v1/live?device=bad%20id");
     assert_eq!(status, 400, "{body}");
+}
+
+/// Berlin's days, including the 25-hour day of the change back from summer time
+/// (2026-10-25), each counted from local midnight to local midnight, partly from 1h
+/// rollups and partly from buffered readings.
+#[test]
+fn daily_series_in_a_named_time_zone_follow_local_midnight_across_a_dst_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let dst: Vec<(String, i64, f64)> = (0..2 * 24 * 6)
+        .map(|k| ("plug-dst".to_owned(), 1_792_843_200 * S + k * 600 * S, 1.0))
+        .collect();
+    write(&server, &dst[..150], "hall");
+    let (status, body) = server.post("/api/v1/admin/persist", "application/json", b"");
+    assert_eq!(status, 200, "{body}");
+    write(&server, &dst[150..], "hall");
+    let v = series(
+        &server,
+        "device=plug-dst&from=2026-10-24T00:00:00Z&to=2026-10-26T23:00:00Z&step=1d&tz=Europe/Berlin&agg=sum",
+    );
+    assert_eq!(v["resolution"], "1h", "{v}");
+    let mut want: BTreeMap<String, f64> = BTreeMap::new();
+    for (_, t, _) in &dst {
+        let local =
+            chrono::DateTime::from_timestamp_nanos(*t).with_timezone(&chrono_tz::Europe::Berlin);
+        let midnight = chrono::TimeZone::from_local_datetime(
+            &chrono_tz::Europe::Berlin,
+            &local.date_naive().and_hms_opt(0, 0, 0).unwrap(),
+        )
+        .unwrap();
+        *want
+            .entry(rfc(midnight.timestamp_nanos_opt().unwrap()))
+            .or_default() += 1.0;
+    }
+    let got: BTreeMap<String, f64> = points(&v, 0)
+        .into_iter()
+        .map(|(t, v)| (t, v.unwrap()))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        got.get("2026-10-24T22:00:00Z"),
+        Some(&150.0),
+        "25 hours of readings"
+    );
 }
