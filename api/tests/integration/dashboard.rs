@@ -361,17 +361,7 @@ fn download(
 }
 
 fn python(script: &str) -> String {
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("python3 (installed by scripts/test)");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    crate::support::python(script, &[]).join("\n")
 }
 
 #[test]

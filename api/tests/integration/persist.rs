@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Server, agent, lp_line, response};
+use crate::support::{Server, agent, lp_line, python, response};
 
 const HOUR: i64 = 3_600_000_000_000;
 /// 2026-11-23T10:00:00Z.
@@ -49,26 +49,6 @@ fn wattdb_rows(server: &Server) -> Vec<String> {
 fn persist(server: &Server) -> (u16, Value) {
     let (status, body) = server.post("/api/v1/admin/persist", "application/json", b"");
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-}
-
-/// Runs a Python snippet; its stdout lines.
-fn python(script: &str, env: &[(&str, &str)]) -> Vec<String> {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .envs(env.iter().copied())
-        .output()
-        .expect("python3 (installed by scripts/test)");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 const PRINT_ROWS: &str = r#"

@@ -229,3 +229,24 @@ pub fn lp_line(device: &str, ts: i64, power: f64) -> String {
         power / 230.1
     )
 }
+
+/// Runs a Python snippet (the readers the tests compare with: pyarrow, DuckDB); its
+/// stdout lines.
+pub fn python(script: &str, env: &[(&str, &str)]) -> Vec<String> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .envs(env.iter().copied())
+        .output()
+        .expect("python3 (installed by scripts/test)");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
