@@ -520,17 +520,13 @@ async fn recompute(
     for hour in all_hours {
         let mut inputs: Vec<(u64, RecordBatch)> = Vec::new();
         for f in hours.get(&hour).map(Vec::as_slice).unwrap_or_default() {
-            let body = store.get(&f.object_path()).await?;
-            for b in files::decode(body)? {
-                let raw = RawRows::new(&b)?;
-                let mask: BooleanArray = (0..b.num_rows())
+            read_selected(store, f, &mut inputs, |b| {
+                let raw = RawRows::new(b)?;
+                Ok((0..b.num_rows())
                     .map(|i| Some(keep(raw.device.value(i), raw.ts[i], hour, cfg.gap_cap_ns)))
-                    .collect();
-                let b = filter_record_batch(&b, &mask).map_err(EncodeError::from)?;
-                if b.num_rows() > 0 {
-                    inputs.push((f.rank(), b));
-                }
-            }
+                    .collect())
+            })
+            .await?;
         }
         if let Some(b) = frozen_by_hour.remove(&hour) {
             inputs.push((u64::MAX, b));
@@ -647,10 +643,9 @@ async fn read_rollups(
             && f.min_ts <= range.1
             && devices.may_hold(&f.min_device, &f.max_device)
     }) {
-        let body = store.get(&f.object_path()).await?;
-        for b in files::decode(body)? {
-            let cols = RollupColumns::new(&b)?;
-            let mask: BooleanArray = (0..b.num_rows())
+        read_selected(store, f, &mut inputs, |b| {
+            let cols = RollupColumns::new(b)?;
+            Ok((0..b.num_rows())
                 .map(|i| {
                     Some(wanted(
                         cols.device.value(i),
@@ -658,12 +653,9 @@ async fn read_rollups(
                         cols.energy_last.is_valid(i),
                     ))
                 })
-                .collect();
-            let b = filter_record_batch(&b, &mask).map_err(EncodeError::from)?;
-            if b.num_rows() > 0 {
-                inputs.push((f.rank(), b));
-            }
-        }
+                .collect())
+        })
+        .await?;
     }
     if inputs.is_empty() {
         return Ok(Vec::new());
@@ -726,6 +718,24 @@ pub(crate) async fn latest_from_files(
             first_ts,
         })
         .collect())
+}
+
+/// Reads file `f` and appends the rows `select` keeps (a mask per decoded batch) to
+/// `into`, tagged with the file's rank.
+async fn read_selected(
+    store: &Store,
+    f: &FileMeta,
+    into: &mut Vec<(u64, RecordBatch)>,
+    select: impl Fn(&RecordBatch) -> Result<BooleanArray, EncodeError>,
+) -> Result<()> {
+    let body = store.get(&f.object_path()).await?;
+    for b in files::decode(body)? {
+        let b = filter_record_batch(&b, &select(&b)?).map_err(EncodeError::from)?;
+        if b.num_rows() > 0 {
+            into.push((f.rank(), b));
+        }
+    }
+    Ok(())
 }
 
 /// Typed access to the columns of a batch of raw readings.
