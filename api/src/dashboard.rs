@@ -10,6 +10,7 @@ use wattdb_engine::LatestReading;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::params::device_ids;
 
 /// An RFC 3339 UTC time with as many fraction digits as it needs.
 pub fn rfc3339(ns: i64) -> String {
@@ -26,23 +27,15 @@ pub struct PlugFilter {
 
 impl PlugFilter {
     fn select(&self, app: &AppState) -> Result<Vec<LatestReading>, ApiError> {
-        let ids: Option<Vec<&str>> = self.device.as_deref().map(|d| {
-            d.split(',')
-                .map(str::trim)
-                .filter(|d| !d.is_empty())
-                .collect()
-        });
-        if let Some(ids) = &ids {
-            for id in ids {
-                wattdb_engine::validate_device_id(id)
-                    .map_err(|e| ApiError::BadRequest(format!("device {id:?}: {e}")))?;
-            }
-        }
+        let ids: Option<Vec<String>> = self.device.as_deref().map(device_ids).transpose()?;
         let mut out: Vec<LatestReading> = app
             .engine
             .latest(self.prefix.as_deref().unwrap_or(""))
             .into_iter()
-            .filter(|l| ids.as_ref().is_none_or(|ids| ids.contains(&&*l.device_id)))
+            .filter(|l| {
+                ids.as_ref()
+                    .is_none_or(|ids| ids.iter().any(|id| **id == *l.device_id))
+            })
             .collect();
         out.sort_by(|a, b| a.device_id.cmp(&b.device_id));
         Ok(out)

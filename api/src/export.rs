@@ -14,8 +14,8 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::params::{bad, device_ids, parse_time, sql_str};
 use crate::query::{Format, stream_sql};
-use crate::series::parse_time;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,10 +26,6 @@ pub struct ExportQuery {
     device: Option<String>,
     prefix: Option<String>,
     format: Option<String>,
-}
-
-fn bad(msg: String) -> ApiError {
-    ApiError::BadRequest(msg)
 }
 
 /// `GET /api/v1/export`.
@@ -77,11 +73,7 @@ pub async fn export(
          AND {time} < to_timestamp_nanos({to})"
     );
     if let Some(devices) = q.device.as_deref().filter(|d| !d.trim().is_empty()) {
-        let mut list = Vec::new();
-        for d in devices.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-            wattdb_engine::validate_device_id(d).map_err(|e| bad(format!("device {d:?}: {e}")))?;
-            list.push(format!("'{d}'"));
-        }
+        let list: Vec<String> = device_ids(devices)?.iter().map(|d| sql_str(d)).collect();
         sql.push_str(&format!(" AND device_id IN ({})", list.join(", ")));
     }
     if let Some(p) = q.prefix.as_deref().filter(|p| !p.is_empty()) {

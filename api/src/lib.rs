@@ -16,6 +16,7 @@ mod export;
 mod live;
 pub mod metrics;
 pub mod mqtt;
+mod params;
 mod query;
 mod series;
 mod write;

@@ -25,6 +25,7 @@ use wattdb_engine::ReadingBatch;
 use crate::AppState;
 use crate::dashboard::rfc3339;
 use crate::error::ApiError;
+use crate::params::device_ids;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,22 +80,12 @@ pub async fn live(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let devices = match q.device.as_deref().filter(|d| !d.trim().is_empty()) {
-        Some(d) => {
-            let ids: Vec<String> = d
-                .split(',')
-                .map(str::trim)
-                .filter(|d| !d.is_empty())
-                .map(str::to_owned)
-                .collect();
-            for id in &ids {
-                wattdb_engine::validate_device_id(id)
-                    .map_err(|e| ApiError::BadRequest(format!("device {id:?}: {e}")))?;
-            }
-            Some(ids)
-        }
-        None => None,
-    };
+    let devices = q
+        .device
+        .as_deref()
+        .filter(|d| !d.trim().is_empty())
+        .map(device_ids)
+        .transpose()?;
     let selection = Selection {
         devices,
         prefix: q.prefix.unwrap_or_default(),

@@ -27,6 +27,7 @@ use wattdb_engine::rollup::Resolution;
 use crate::AppState;
 use crate::dashboard::rfc3339;
 use crate::error::ApiError;
+use crate::params::{bad, device_ids, parse_duration_ns, parse_time, sql_str};
 
 const S: i64 = 1_000_000_000;
 /// `auto` picks the smallest of these steps that gives at most this many points.
@@ -100,60 +101,6 @@ enum Fill {
     Null,
     Previous,
     Linear,
-}
-
-fn bad(msg: String) -> ApiError {
-    ApiError::BadRequest(msg)
-}
-
-/// A time parameter: RFC 3339, `now`, or `now-DURATION` / `now+DURATION`.
-pub fn parse_time(name: &str, s: &str, now: i64) -> Result<i64, ApiError> {
-    let s = s.trim();
-    if let Some(rest) = s.strip_prefix("now") {
-        if rest.is_empty() {
-            return Ok(now);
-        }
-        let (sign, d) = match rest.as_bytes()[0] {
-            b'-' => (-1, &rest[1..]),
-            b'+' => (1, &rest[1..]),
-            _ => {
-                return Err(bad(format!(
-                    "{name}: {s:?} is not now, now-24h or RFC 3339"
-                )));
-            }
-        };
-        let d = parse_duration_ns(d).map_err(|e| bad(format!("{name}: {e}")))?;
-        return Ok(now.saturating_add(sign * d));
-    }
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()
-        .and_then(|t| t.timestamp_nanos_opt())
-        .ok_or_else(|| {
-            bad(format!(
-                "{name}: {s:?} is not an RFC 3339 time (2026-11-23T10:00:00Z), now or now-24h"
-            ))
-        })
-}
-
-/// `30s`, `5m`, `1h`, `7d` in nanoseconds.
-fn parse_duration_ns(s: &str) -> Result<i64, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: i64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s, 5m, 1h or 7d"))?;
-    let unit_s = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use s, m, h, d or w")),
-    };
-    n.checked_mul(unit_s)
-        .and_then(|x| x.checked_mul(S))
-        .filter(|&x| x > 0)
-        .ok_or_else(|| format!("{s:?} is not a positive duration"))
 }
 
 const DAY_NS: i64 = 86_400 * S;
@@ -292,10 +239,6 @@ impl Cell {
     }
 }
 
-fn sql_str(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 /// `GET /api/v1/series`.
 pub async fn series(
     State(app): State<AppState>,
@@ -303,22 +246,11 @@ pub async fn series(
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let now = crate::now_ns();
-    let devices: Vec<String> = q
-        .device
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let devices = device_ids(q.device.as_deref().unwrap_or(""))?;
     if devices.is_empty() {
         return Err(bad(
             "device: give one or more plug ids, comma-separated".into()
         ));
-    }
-    for d in &devices {
-        wattdb_engine::validate_device_id(d).map_err(|e| bad(format!("device {d:?}: {e}")))?;
     }
     let to = match &q.to {
         Some(t) => parse_time("to", t, now)?,
@@ -413,18 +345,21 @@ pub async fn series(
     };
     // Plain scans (the page index finds the plugs' rows), aggregated here: cheaper than
     // planning and running a grouped aggregate for the few thousand rows of a chart.
-    for (k, field) in fields.iter().enumerate() {
-        if let Some(r) = table
-            && split > first_bucket
-        {
-            let sql = rollup_rows(r, field, &in_list, first_bucket, split);
-            for b in run(&app, &sql).await? {
-                let dev = b.column(0).as_string::<i32>();
-                let t = b.column(1).as_primitive::<Int64Type>();
-                let n = b.column(2).as_primitive::<Int64Type>();
-                let f = |i: usize| b.column(i).as_primitive::<Float64Type>();
-                let (sum, min, max, last, energy) = (f(3), f(4), f(5), f(6), f(8));
-                let last_ts = b.column(7).as_primitive::<Int64Type>();
+    // One scan of each part serves every field.
+    if let Some(r) = table
+        && split > first_bucket
+    {
+        let sql = rollup_rows(r, &fields, &in_list, first_bucket, split);
+        for b in run(&app, &sql).await? {
+            let dev = b.column(0).as_string::<i32>();
+            let t = b.column(1).as_primitive::<Int64Type>();
+            let n = b.column(2).as_primitive::<Int64Type>();
+            let last_ts = b.column(3).as_primitive::<Int64Type>();
+            let f = |i: usize| b.column(i).as_primitive::<Float64Type>();
+            let energy = f(4);
+            for k in 0..fields.len() {
+                let (sum, min, max, last) =
+                    (f(5 + 4 * k), f(6 + 4 * k), f(7 + 4 * k), f(8 + 4 * k));
                 for i in 0..b.num_rows() {
                     let cell = Cell {
                         n: n.value(i),
@@ -439,40 +374,49 @@ pub async fn series(
                 }
             }
         }
-        if split < end {
-            // Raw readings from the split on, and those up to the gap cap before it
-            // (predecessors of the first intervals).
-            let sql = raw_rows(field, &in_list, split.saturating_sub(cap), end);
-            let mut by_plug: BTreeMap<String, Vec<(i64, f64, f64)>> = BTreeMap::new();
-            for b in run(&app, &sql).await? {
-                let dev = b.column(0).as_string::<i32>();
-                let t = b.column(1).as_primitive::<Int64Type>();
-                let v = b.column(2).as_primitive::<Float64Type>();
-                let p = b.column(3).as_primitive::<Float64Type>();
-                for i in 0..b.num_rows() {
-                    by_plug.entry(dev.value(i).to_owned()).or_default().push((
-                        t.value(i),
-                        v.value(i),
-                        p.value(i),
-                    ));
-                }
+    }
+    if split < end {
+        // Raw readings from the split on, and those up to the gap cap before it
+        // (predecessors of the first intervals).
+        let sql = raw_rows(&fields, &in_list, split.saturating_sub(cap), end);
+        let batches = run(&app, &sql).await?;
+        // Per plug: (time, batch, row).
+        let mut by_plug: BTreeMap<&str, Vec<(i64, usize, usize)>> = BTreeMap::new();
+        for (j, b) in batches.iter().enumerate() {
+            let dev = b.column(0).as_string::<i32>();
+            let t = b.column(1).as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                by_plug
+                    .entry(dev.value(i))
+                    .or_default()
+                    .push((t.value(i), j, i));
             }
-            for (device, mut rows) in by_plug {
-                rows.sort_by_key(|r| r.0);
-                let mut prev: Option<(i64, f64)> = None;
-                for (t, v, p) in rows {
-                    // The interval from the previous reading is booked at its end, as
-                    // in the rollups.
-                    let energy = match prev {
-                        Some((pt, pp)) if t - pt <= cap => {
-                            (pp + p) / 2.0 * ((t - pt) as f64 / 1e9) / 3600.0
-                        }
-                        _ => 0.0,
-                    };
-                    prev = Some((t, p));
-                    if t < split {
-                        continue;
+        }
+        let value = |j: usize, col: usize, i: usize| {
+            batches[j]
+                .column(col)
+                .as_primitive::<Float64Type>()
+                .value(i)
+        };
+        for (device, mut rows) in by_plug {
+            rows.sort_by_key(|r| r.0);
+            let mut prev: Option<(i64, f64)> = None;
+            for (t, j, i) in rows {
+                let p = value(j, 2, i);
+                // The interval from the previous reading is booked at its end, as in
+                // the rollups.
+                let energy = match prev {
+                    Some((pt, pp)) if t - pt <= cap => {
+                        (pp + p) / 2.0 * ((t - pt) as f64 / 1e9) / 3600.0
                     }
+                    _ => 0.0,
+                };
+                prev = Some((t, p));
+                if t < split {
+                    continue;
+                }
+                for k in 0..fields.len() {
+                    let v = value(j, 3 + k, i);
                     let cell = Cell {
                         n: 1,
                         sum: v,
@@ -482,7 +426,7 @@ pub async fn series(
                         last_ts: t,
                         energy,
                     };
-                    add(&device, k, t, cell);
+                    add(device, k, t, cell);
                 }
             }
         }
@@ -575,42 +519,61 @@ fn filled(
     }
 }
 
-/// The rollup rows of the plugs with buckets in `[from, split)` (both aligned to the
-/// table's buckets): plug, bucket, count, and the field's sum, min, max and last value,
-/// the time of the last reading and the energy.
-fn rollup_rows(r: Resolution, field: &str, devices: &str, from: i64, split: i64) -> String {
-    let (sum, min, max, last) = if field == "energy_wh" {
-        let z = "CAST(0.0 AS DOUBLE)".to_owned();
-        (z.clone(), z.clone(), z.clone(), z)
+/// The value columns of `field` in a rollup table: sum, min, max, last.
+fn rollup_columns(field: &str) -> [String; 4] {
+    if field == "energy_wh" {
+        // Energy comes from `energy_wh`, read once for every field.
+        std::array::from_fn(|_| "CAST(0.0 AS DOUBLE)".to_owned())
     } else {
-        (
-            format!("{field}_sum"),
-            format!("{field}_min"),
-            format!("{field}_max"),
-            format!("{field}_last"),
-        )
-    };
+        ["sum", "min", "max", "last"].map(|a| format!("{field}_{a}"))
+    }
+}
+
+/// The rollup rows of the plugs with buckets in `[from, split)` (both aligned to the
+/// table's buckets): plug, bucket, count, time of the last reading, energy, then per
+/// field its sum, min, max and last value.
+fn rollup_rows(r: Resolution, fields: &[&str], devices: &str, from: i64, split: i64) -> String {
+    // Aliased: a field may be asked for twice, and energy repeats a constant.
+    let values: Vec<String> = fields
+        .iter()
+        .enumerate()
+        .flat_map(|(k, f)| {
+            rollup_columns(f)
+                .into_iter()
+                .zip(["s", "lo", "hi", "last"])
+                .map(move |(col, a)| format!("{col} AS {a}{k}"))
+        })
+        .collect();
     format!(
-        "SELECT device_id, CAST(bucket AS BIGINT) AS t, count AS n, {sum} AS s, {min} AS lo, \
-         {max} AS hi, {last} AS last, CAST(last_ts AS BIGINT) AS lt, energy_wh AS e \
+        "SELECT device_id, CAST(bucket AS BIGINT) AS t, count AS n, \
+         CAST(last_ts AS BIGINT) AS lt, energy_wh AS e, {} \
          FROM readings_{name} WHERE device_id IN ({devices}) \
          AND bucket >= to_timestamp_nanos({from}) AND bucket < to_timestamp_nanos({split})",
+        values.join(", "),
         name = r.name(),
     )
 }
 
-/// The raw readings of the plugs with `ts` in `[from, to)`: plug, time, the field's
-/// value and the power.
-fn raw_rows(field: &str, devices: &str, from: i64, to: i64) -> String {
-    let v = if field == "energy_wh" {
-        "CAST(0.0 AS DOUBLE)"
-    } else {
-        field
-    };
+/// The raw readings of the plugs with `ts` in `[from, to)`: plug, time, power, then
+/// the value of each field.
+fn raw_rows(fields: &[&str], devices: &str, from: i64, to: i64) -> String {
+    let values: Vec<String> = fields
+        .iter()
+        .enumerate()
+        .map(|(k, &f)| {
+            let v = if f == "energy_wh" {
+                "CAST(0.0 AS DOUBLE)"
+            } else {
+                f
+            };
+            format!("{v} AS v{k}")
+        })
+        .collect();
     format!(
-        "SELECT device_id, CAST(ts AS BIGINT) AS t, {v} AS v, power FROM readings \
+        "SELECT device_id, CAST(ts AS BIGINT) AS t, power AS p, {} FROM readings \
          WHERE device_id IN ({devices}) \
-         AND ts >= to_timestamp_nanos({from}) AND ts < to_timestamp_nanos({to})"
+         AND ts >= to_timestamp_nanos({from}) AND ts < to_timestamp_nanos({to})",
+        values.join(", ")
     )
 }
 

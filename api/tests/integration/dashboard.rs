@@ -216,6 +216,29 @@ fn series_at_every_resolution_equal_a_computation_from_raw_readings() {
         }
     }
 
+    // Several fields in one request (one scan serves them all): the same series as one
+    // field at a time, also when a field is asked for twice.
+    let range = format!("from={}&to={}", rfc(from), rfc(to));
+    for (step, agg) in [("5m", "max"), ("10s", "last")] {
+        let q = |fields: &str| {
+            series(
+                &server,
+                &format!("device=plug-a,plug-b&{range}&step={step}&agg={agg}&fields={fields}"),
+            )
+        };
+        let both = q("voltage,power,voltage");
+        let (voltage, power) = (q("voltage"), q("power"));
+        for (k, single) in [&voltage, &power, &voltage].into_iter().enumerate() {
+            for device in 0..2 {
+                assert_eq!(
+                    points(&both, device * 3 + k),
+                    points(single, device),
+                    "{step} {agg} field {k} of plug {device}"
+                );
+            }
+        }
+    }
+
     // Gap filling over plug-b's silence (22:20 to 22:50) at 10 minutes.
     let q = |fill: &str| {
         points(
