@@ -566,33 +566,31 @@ impl Engine {
     /// Persists everything buffered now; returns once the manifest listing it is
     /// committed (or the attempt failed).
     pub async fn persist(&self) -> Result<PersistReport> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .persist_tx
-            .send(persist::Msg::Now(reply))
-            .map_err(|_| Error::ShuttingDown)?;
-        rx.await.unwrap_or(Err(Error::ShuttingDown))
+        self.ask_persister(persist::Msg::Now).await
     }
 
     /// Merges small Parquet files now: every run of two or more (compaction also runs by
     /// itself between persist cycles, one job at a time, once a partition has
     /// [`CompactionConfig::min_files`]); the jobs' reports.
     pub async fn compact(&self) -> Result<Vec<CompactionReport>> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .persist_tx
-            .send(persist::Msg::Compact(reply))
-            .map_err(|_| Error::ShuttingDown)?;
-        rx.await.unwrap_or(Err(Error::ShuttingDown))
+        self.ask_persister(persist::Msg::Compact).await
     }
 
     /// Removes the files past their retention now (retention also runs by itself once
     /// a minute).
     pub async fn expire(&self) -> Result<RetentionReport> {
+        self.ask_persister(persist::Msg::Expire).await
+    }
+
+    /// Sends the persist thread a request and waits for its answer.
+    async fn ask_persister<T>(
+        &self,
+        msg: impl FnOnce(oneshot::Sender<Result<T>>) -> persist::Msg,
+    ) -> Result<T> {
         let (reply, rx) = oneshot::channel();
         self.inner
             .persist_tx
-            .send(persist::Msg::Expire(reply))
+            .send(msg(reply))
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.unwrap_or(Err(Error::ShuttingDown))
     }
