@@ -1,14 +1,15 @@
 //! Dashboard routes: the latest reading of each plug, and the plugs known.
 
-use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::{Extension, Json};
 use chrono::{DateTime, SecondsFormat};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use wattdb_engine::LatestReading;
 
 use crate::AppState;
+use crate::auth::Access;
 use crate::error::ApiError;
 use crate::params::device_ids;
 
@@ -26,12 +27,22 @@ pub struct PlugFilter {
 }
 
 impl PlugFilter {
-    fn select(&self, app: &AppState) -> Result<Vec<LatestReading>, ApiError> {
-        let ids: Option<Vec<String>> = self.device.as_deref().map(device_ids).transpose()?;
+    /// The chosen plugs the caller may see; 403 if it names one it may not.
+    fn select(&self, app: &AppState, access: &Access) -> Result<Vec<LatestReading>, ApiError> {
+        let ids: Option<Vec<String>> = self
+            .device
+            .as_deref()
+            .filter(|d| !d.trim().is_empty())
+            .map(device_ids)
+            .transpose()?;
+        if let Some(ids) = &ids {
+            access.check_devices(ids.iter().map(String::as_str))?;
+        }
         let mut out: Vec<LatestReading> = app
             .engine
             .latest(self.prefix.as_deref().unwrap_or(""))
             .into_iter()
+            .filter(|l| access.allows(&l.device_id))
             .filter(|l| {
                 ids.as_ref()
                     .is_none_or(|ids| ids.iter().any(|id| **id == *l.device_id))
@@ -46,11 +57,12 @@ impl PlugFilter {
 /// (no table scan), sorted by plug id.
 pub async fn latest(
     State(app): State<AppState>,
+    Extension(access): Extension<Access>,
     query: Result<Query<PlugFilter>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(filter) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Query(filter) = query?;
     let rows: Vec<Value> = filter
-        .select(&app)?
+        .select(&app, &access)?
         .iter()
         .map(|l| {
             json!({
@@ -73,11 +85,12 @@ pub async fn latest(
 /// seen, sorted by plug id.
 pub async fn devices(
     State(app): State<AppState>,
+    Extension(access): Extension<Access>,
     query: Result<Query<PlugFilter>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(filter) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Query(filter) = query?;
     let rows: Vec<Value> = filter
-        .select(&app)?
+        .select(&app, &access)?
         .iter()
         .map(|l| {
             json!({

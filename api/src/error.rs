@@ -24,6 +24,30 @@ pub enum ApiError {
     Engine(wattdb_engine::Error),
     #[error("{0}")]
     Query(wattdb_query::Error),
+    /// No token, or one that is unknown, revoked or expired: 401.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A token without the scope or the plugs a request needs: 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The token's rate limit: 429 with Retry-After.
+    #[error("rate limit of this token reached; retry in {:.1} s", .0.as_secs_f64())]
+    RateLimited(std::time::Duration),
+    /// Too many queries at once: 429 with Retry-After.
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Internal(String),
+    /// A request body over `--max-body-bytes`.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A query answer longer than `--max-result-rows`.
+    #[error(
+        "the result has more than {0} rows (--max-result-rows); narrow it with WHERE or LIMIT, or use GET /api/v1/export"
+    )]
+    ResultTooLarge(u64),
 }
 
 /// An error and its causes, joined with ": ".
@@ -47,6 +71,12 @@ impl ApiError {
             | ApiError::Precision(_)
             | ApiError::BadRequest(_) => "bad_request",
             ApiError::Body(_) => "body",
+            ApiError::Unauthorized(_) | ApiError::Forbidden(_) => "auth",
+            ApiError::RateLimited(_) | ApiError::Busy(_) => "rate_limited",
+            ApiError::NotFound(_) => "bad_request",
+            ApiError::Internal(_) => "internal",
+            ApiError::ResultTooLarge(_) => "bad_request",
+            ApiError::TooLarge(_) => "body",
             ApiError::Engine(e) if e.is_retryable() => "backpressure",
             ApiError::Engine(wattdb_engine::Error::Poisoned) => "wal_failed",
             ApiError::Engine(_) | ApiError::Query(_) => "internal",
@@ -62,6 +92,13 @@ impl ApiError {
             | ApiError::Precision(_)
             | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Body(r) => r.status(),
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited(_) | ApiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ResultTooLarge(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Engine(e) => match e {
                 E::QueueFull { .. } | E::BufferFull { .. } | E::ShuttingDown | E::Poisoned => {
                     StatusCode::SERVICE_UNAVAILABLE
@@ -80,6 +117,7 @@ impl ApiError {
                 Q::Sql(_) | Q::NotOneStatement(_) | Q::NotReadOnly | Q::Plan(_) => {
                     StatusCode::BAD_REQUEST
                 }
+                Q::Invalid(_) => StatusCode::BAD_REQUEST,
                 Q::MemoryLimit(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 Q::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
                 Q::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -112,6 +150,24 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        match &self {
+            ApiError::Unauthorized(_) => {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"wattdb\""),
+                );
+            }
+            ApiError::RateLimited(wait) => {
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            ApiError::Busy(_) => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
         resp
     }
 }
@@ -125,6 +181,22 @@ impl From<wattdb_engine::Error> for ApiError {
 impl From<wattdb_query::Error> for ApiError {
     fn from(e: wattdb_query::Error) -> Self {
         ApiError::Query(e)
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(e.body_text())
+        } else {
+            ApiError::BadRequest(e.body_text())
+        }
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::BadRequest(e.body_text())
     }
 }
 

@@ -6,6 +6,7 @@
 //! runs under the query memory limit and its own deadline (`--export-timeout-s`),
 //! longer than the one of interactive queries.
 
+use axum::Extension;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, header};
@@ -13,6 +14,7 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use crate::AppState;
+use crate::auth::Access;
 use crate::error::ApiError;
 use crate::params::{bad, device_ids, parse_time, sql_str};
 use crate::query::{Format, stream_sql};
@@ -31,9 +33,10 @@ pub struct ExportQuery {
 /// `GET /api/v1/export`.
 pub async fn export(
     State(app): State<AppState>,
+    Extension(access): Extension<Access>,
     query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Query(q) = query?;
     let started = std::time::Instant::now();
     let now = crate::now_ns();
     let from = match &q.from {
@@ -73,7 +76,9 @@ pub async fn export(
          AND {time} < to_timestamp_nanos({to})"
     );
     if let Some(devices) = q.device.as_deref().filter(|d| !d.trim().is_empty()) {
-        let list: Vec<String> = device_ids(devices)?.iter().map(|d| sql_str(d)).collect();
+        let ids = device_ids(devices)?;
+        access.check_devices(ids.iter().map(String::as_str))?;
+        let list: Vec<String> = ids.iter().map(|d| sql_str(d)).collect();
         sql.push_str(&format!(" AND device_id IN ({})", list.join(", ")));
     }
     if let Some(p) = q.prefix.as_deref().filter(|p| !p.is_empty()) {
@@ -85,7 +90,12 @@ pub async fn export(
         }
         sql.push_str(&format!(" AND starts_with(device_id, '{p}')"));
     }
-    let mut resp = stream_sql(&app, &sql, format, app.export_deadline, started).await?;
+    let run = crate::query::Run {
+        deadline: app.export_deadline,
+        max_rows: None,
+        started,
+    };
+    let mut resp = stream_sql(&app, &access, &sql, format, run).await?;
     let name = format!(
         "attachment; filename=\"wattdb-{}-{}-{}.{}\"",
         q.resolution.as_deref().unwrap_or("raw"),

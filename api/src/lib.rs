@@ -10,6 +10,7 @@
 //! port 0 and stop them when they are done.
 
 mod admin;
+pub mod auth;
 mod dashboard;
 pub mod error;
 mod export;
@@ -19,6 +20,7 @@ pub mod mqtt;
 mod params;
 mod query;
 mod series;
+pub mod tls;
 mod write;
 
 use std::future::Future;
@@ -28,12 +30,15 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tower_http::decompression::RequestDecompressionLayer;
 use wattdb_engine::Engine;
 use wattdb_query::QueryEngine;
+
+use crate::auth::{Need, Scope};
+use crate::error::ApiError;
 
 pub use write::now_ns;
 
@@ -52,6 +57,25 @@ impl Default for ApiConfig {
     }
 }
 
+/// Limits on what queries a server runs at once and answers.
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    /// Queries (SQL, series, exports) running at once; more get 429.
+    pub concurrent: usize,
+    /// Rows one `POST /api/v1/query` answer may hold; a longer result is cut short
+    /// with an error (exports have no such limit).
+    pub max_rows: u64,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            concurrent: 16,
+            max_rows: 10_000_000,
+        }
+    }
+}
+
 /// What every handler shares.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -64,10 +88,19 @@ pub struct AppState {
     pub export_deadline: std::time::Duration,
     /// A live subscriber that takes no message for this long is disconnected.
     pub live_send_timeout: std::time::Duration,
+    pub auth: Arc<auth::Auth>,
+    /// Permits of the queries running at once.
+    pub query_slots: Arc<tokio::sync::Semaphore>,
+    pub limits: QueryLimits,
 }
 
 impl AppState {
-    pub fn new(engine: Engine, query: QueryEngine) -> Self {
+    pub fn new(
+        engine: Engine,
+        query: QueryEngine,
+        auth: Arc<auth::Auth>,
+        limits: QueryLimits,
+    ) -> Self {
         Self {
             engine,
             query: Arc::new(query),
@@ -75,30 +108,73 @@ impl AppState {
             mqtt: None,
             export_deadline: std::time::Duration::from_secs(3600),
             live_send_timeout: std::time::Duration::from_secs(30),
+            auth,
+            query_slots: Arc::new(tokio::sync::Semaphore::new(limits.concurrent.max(1))),
+            limits,
         }
+    }
+
+    /// A permit to run a query, or 429 when as many run as the limit allows.
+    pub fn query_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.query_slots)
+            .try_acquire_owned()
+            .map_err(|_| {
+                ApiError::Busy(format!(
+                    "{} queries are running, the most this server runs at once; retry shortly",
+                    self.limits.concurrent
+                ))
+            })
     }
 }
 
-/// The routes of WattDB's HTTP API.
+/// The OpenAPI description of the routes below, served at `/api/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// The routes of WattDB's HTTP API. Every route but `/health` needs a token; each
+/// group states the scope it needs.
 pub fn router(state: AppState, config: &ApiConfig) -> Router {
-    Router::new()
+    let guard = |need: Need| {
+        axum::middleware::from_fn_with_state((Arc::clone(&state.auth), need), auth::require)
+    };
+    let write = Router::new()
         .route("/api/v2/write", post(write::line_protocol))
         .route("/write", post(write::line_protocol))
         .route("/api/v1/readings", post(write::json_readings))
+        .route_layer(guard(Need::Scope(Scope::Write)));
+    let read = Router::new()
         .route("/api/v1/query", post(query::query))
         .route("/api/v1/series", get(series::series))
         .route("/api/v1/export", get(export::export))
         .route("/api/v1/live", get(live::live))
         .route("/api/v1/latest", get(dashboard::latest))
         .route("/api/v1/devices", get(dashboard::devices))
+        .route("/metrics", get(metrics::metrics))
+        .route_layer(guard(Need::Scope(Scope::Read)));
+    let admin = Router::new()
         .route("/api/v1/admin/persist", post(admin::persist))
         .route("/api/v1/admin/compact", post(admin::compact))
         .route("/api/v1/admin/expire", post(admin::expire))
+        .route(
+            "/api/v1/admin/tokens",
+            get(admin::list_tokens).post(admin::create_token),
+        )
+        .route("/api/v1/admin/tokens/{id}", delete(admin::revoke_token))
+        .route_layer(guard(Need::Scope(Scope::Admin)));
+    let any = Router::new()
+        .route("/ready", get(ready))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route_layer(guard(Need::AnyToken));
+    Router::new()
+        .merge(write)
+        .merge(read)
+        .merge(admin)
+        .merge(any)
         .route("/health", get(health))
-        .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(RequestDecompressionLayer::new())
+        .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
 }
 
@@ -106,6 +182,18 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
 /// requests finish.
 pub async fn serve(
     listener: TcpListener,
+    state: AppState,
+    config: &ApiConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state, config))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// [`serve`] over HTTPS.
+pub async fn serve_tls(
+    listener: tls::TlsListener,
     state: AppState,
     config: &ApiConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -124,6 +212,135 @@ async fn health(State(app): State<AppState>) -> impl IntoResponse {
     } else {
         (StatusCode::OK, axum::Json(json!({"status": "ok"})))
     }
+}
+
+const READY_STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `GET /ready`: 200 once the server can take writes and reach its object store
+/// (recovery is done before the server listens); 503 naming what is not ready.
+async fn ready(State(app): State<AppState>) -> impl IntoResponse {
+    let wal = if app.engine.is_poisoned() {
+        Err("the write-ahead log failed; restart WattDB".to_owned())
+    } else {
+        Ok(())
+    };
+    let store = match tokio::time::timeout(READY_STORE_TIMEOUT, app.engine.store().check()).await {
+        Ok(r) => r.map_err(|e| error::chain(&e)),
+        Err(_) => Err(format!(
+            "the object store did not answer within {} s",
+            READY_STORE_TIMEOUT.as_secs()
+        )),
+    };
+    let checks = json!({
+        "wal": if wal.is_ok() { "ok" } else { "failed" },
+        "object_store": if store.is_ok() { "ok" } else { "unreachable" },
+        "recovery": "done",
+    });
+    match wal.and(store) {
+        Ok(()) => (
+            StatusCode::OK,
+            axum::Json(json!({"status": "ready", "checks": checks})),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "not_ready", "error": e, "checks": checks})),
+        ),
+    }
+}
+
+/// `GET /api/v1/openapi.json`.
+async fn openapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+}
+
+/// Gives every request an id (the client's `X-Request-Id` when it is a short token of
+/// letters, digits, `-`, `_` or `.`; else a new one), logs within a span that carries
+/// it, and answers it in `X-Request-Id`. Only the path is logged, never the query
+/// string or headers.
+async fn request_id(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tracing::Instrument;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let given = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
+        .map(str::to_owned);
+    let id = given.unwrap_or_else(|| {
+        let prefix =
+            *PREFIX.get_or_init(|| (now_ns() as u64 ^ u64::from(std::process::id())) as u32);
+        format!("{prefix:08x}-{:08x}", NEXT.fetch_add(1, Ordering::Relaxed))
+    });
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method = %req.method(),
+        path = %req.uri().path()
+    );
+    let started = std::time::Instant::now();
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(
+            status = resp.status().as_u16(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "answered"
+        );
+    });
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    resp
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// Error answers that axum or a layer wrote (405, 415, a WebSocket route asked
+/// without upgrade headers) get the same JSON body as WattDB's own.
+async fn json_errors(resp: axum::response::Response) -> axum::response::Response {
+    use axum::http::header;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+    let error = match (status, text.is_empty()) {
+        (StatusCode::METHOD_NOT_ALLOWED, _) => {
+            "method not allowed on this route (see /api/v1/openapi.json)".to_owned()
+        }
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, true) => {
+            "unsupported Content-Encoding: send identity or gzip".to_owned()
+        }
+        (_, false) => text,
+        (_, true) => status.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let mut out = (status, axum::Json(json!({ "error": error }))).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 async fn not_found(uri: axum::http::Uri) -> impl IntoResponse {

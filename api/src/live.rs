@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -23,6 +24,7 @@ use tokio::sync::broadcast::error::RecvError;
 use wattdb_engine::ReadingBatch;
 
 use crate::AppState;
+use crate::auth::Access;
 use crate::dashboard::rfc3339;
 use crate::error::ApiError;
 use crate::params::device_ids;
@@ -39,11 +41,14 @@ pub struct LiveQuery {
 struct Selection {
     devices: Option<Vec<String>>,
     prefix: String,
+    /// The caller's plugs.
+    access: Access,
 }
 
 impl Selection {
     fn wants(&self, id: &str) -> bool {
         id.starts_with(&self.prefix)
+            && self.access.allows(id)
             && self
                 .devices
                 .as_ref()
@@ -76,19 +81,24 @@ impl Selection {
 /// `GET /api/v1/live?device=a,b&prefix=p`.
 pub async fn live(
     State(app): State<AppState>,
+    Extension(access): Extension<Access>,
     query: Result<Query<LiveQuery>, QueryRejection>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Query(q) = query?;
     let devices = q
         .device
         .as_deref()
         .filter(|d| !d.trim().is_empty())
         .map(device_ids)
         .transpose()?;
+    if let Some(ids) = &devices {
+        access.check_devices(ids.iter().map(String::as_str))?;
+    }
     let selection = Selection {
         devices,
         prefix: q.prefix.unwrap_or_default(),
+        access,
     };
     // Subscribed before the upgrade: nothing acknowledged after the answer is missed.
     let rx = app.engine.subscribe();

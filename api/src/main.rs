@@ -1,14 +1,20 @@
-//! The `wattdb` binary: `serve`, and the WAL `check`/`repair` tools.
+//! The `wattdb` binary: `serve`, `token`, `config`, the benchmarks, and the WAL
+//! `check`/`repair` tools.
+
+mod config;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing::{info, warn};
+use wattdb_api::auth::jwt::{JwtAlgorithm, JwtConfig};
+use wattdb_api::auth::{Auth, AuthConfig, NewToken, Scope, TokenInfo, TokenStore};
 use wattdb_api::mqtt::{EmbeddedBroker, EngineSink};
-use wattdb_api::{ApiConfig, AppState};
+use wattdb_api::{ApiConfig, AppState, QueryLimits};
 use wattdb_engine::rollup::RollupConfig;
 use wattdb_engine::{
     CompactionConfig, Engine, EngineConfig, RetentionConfig, RollupSettings, S3Config, Store,
@@ -32,6 +38,15 @@ struct Cli {
 enum Command {
     /// Run the server: HTTP writes and queries over a durable write-ahead log.
     Serve(Box<ServeArgs>),
+    /// Print the settings `serve` would run with (same flags, environment and
+    /// --config file), each with where it came from; secrets are masked.
+    Config(Box<ServeArgs>),
+    /// Create, list or revoke API tokens (works whether or not the server runs; a
+    /// running server picks changes up within a second).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Simulate a fleet of smart plugs writing to a running WattDB, then verify that
     /// every acknowledged reading is stored exactly once.
     Loadgen(LoadgenCli),
@@ -48,8 +63,67 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (the only time it is shown; only its hash is kept).
+    Create {
+        #[arg(
+            long,
+            env = "WATTDB_DATA_DIR",
+            default_value = "wattdb-data",
+            value_name = "DIR"
+        )]
+        data_dir: PathBuf,
+        /// What the token may do (repeatable or comma-separated): read, write, admin.
+        #[arg(long = "scope", value_enum, value_delimiter = ',', required = true)]
+        scopes: Vec<Scope>,
+        /// Limit the token to plugs whose ids start with these prefixes
+        /// (comma-separated); not with admin.
+        #[arg(long, value_delimiter = ',', value_name = "PREFIX,…")]
+        devices: Vec<String>,
+        /// A name to recognise the token by in `list`.
+        #[arg(long)]
+        name: Option<String>,
+        /// The token stops working after this long (e.g. 30d, 12h).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        expires_in: Option<Duration>,
+        /// Print one JSON object (with the token) instead of the token alone.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(
+            long,
+            env = "WATTDB_DATA_DIR",
+            default_value = "wattdb-data",
+            value_name = "DIR"
+        )]
+        data_dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id; a running server refuses it within a second.
+    Revoke {
+        #[arg(
+            long,
+            env = "WATTDB_DATA_DIR",
+            default_value = "wattdb-data",
+            value_name = "DIR"
+        )]
+        data_dir: PathBuf,
+        /// The token's id (from `list`).
+        id: String,
+    },
+}
+
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
+    /// A TOML file of settings, named like these flags (`retention-raw = "7d"`);
+    /// flags and WATTDB_* environment variables take precedence over it.
+    #[arg(long, env = "WATTDB_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Where WattDB keeps its files (the WAL in DIR/wal).
     #[arg(
         long,
@@ -61,10 +135,28 @@ struct ServeArgs {
     /// Address for the HTTP API (port 0 picks a free port).
     #[arg(long, env = "WATTDB_HTTP_ADDR", default_value = "127.0.0.1:8181")]
     http_addr: SocketAddr,
-    /// Accept requests without authentication (local experiments only). This build
-    /// has no authentication yet, so `serve` requires this flag.
+    /// Accept every request without a token (local experiments only; a warning
+    /// says so at start).
     #[arg(long)]
     without_auth: bool,
+    /// Requests per second one token may make, in bursts of as many; more get 429
+    /// with Retry-After (0: no limit).
+    #[arg(long, default_value_t = 0, value_name = "RPS")]
+    rate_limit_rps: u32,
+    /// Queries (SQL, series, exports) running at once; more get 429.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    max_concurrent_queries: usize,
+    /// Rows one POST /api/v1/query answer may hold (exports have no limit).
+    #[arg(long, default_value_t = 10_000_000, value_name = "ROWS")]
+    max_result_rows: u64,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    jwt: JwtArgs,
     /// How long the WAL writer gathers writes into one fsync, in milliseconds.
     #[arg(long, default_value_t = 2, value_name = "MS")]
     group_commit_ms: u64,
@@ -173,6 +265,62 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+}
+
+/// JWT bearer tokens from an external identity provider, accepted besides API tokens.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "JWT")]
+struct JwtArgs {
+    /// Accept JWTs signed with this algorithm (and no other).
+    #[arg(long, value_enum, value_name = "ALG", requires = "jwt_audience")]
+    jwt_algorithm: Option<JwtAlgorithm>,
+    /// HS256: a file with the shared secret; RS256/ES256: a PEM public key.
+    #[arg(long, value_name = "FILE", requires = "jwt_algorithm")]
+    jwt_key_file: Option<PathBuf>,
+    /// A JWKS file (keys picked by kid), instead of --jwt-key-file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "jwt_algorithm",
+        conflicts_with = "jwt_key_file"
+    )]
+    jwt_jwks_file: Option<PathBuf>,
+    /// The `aud` a JWT must carry.
+    #[arg(long, value_name = "AUD", requires = "jwt_algorithm")]
+    jwt_audience: Option<String>,
+    /// The `iss` a JWT must carry.
+    #[arg(long, value_name = "ISS", requires = "jwt_algorithm")]
+    jwt_issuer: Option<String>,
+    /// The claim with the scopes (space-separated or an array of read, write, admin).
+    #[arg(long, default_value = "scope", value_name = "CLAIM")]
+    jwt_scope_claim: String,
+    /// The claim with the plug-id prefixes (an array or comma-separated; absent: all).
+    #[arg(long, default_value = "wattdb_devices", value_name = "CLAIM")]
+    jwt_devices_claim: String,
+    /// Clock skew allowed for exp and nbf, in seconds.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    jwt_leeway_s: u64,
+}
+
+impl JwtArgs {
+    fn config(&self) -> anyhow::Result<Option<JwtConfig>> {
+        let Some(algorithm) = self.jwt_algorithm else {
+            return Ok(None);
+        };
+        let Some(issuer) = self.jwt_issuer.clone() else {
+            bail!("--jwt-algorithm needs --jwt-issuer");
+        };
+        Ok(Some(JwtConfig {
+            algorithm,
+            key_file: self.jwt_key_file.clone(),
+            jwks_file: self.jwt_jwks_file.clone(),
+            audience: self.jwt_audience.clone().unwrap_or_default(),
+            issuer,
+            scope_claim: self.jwt_scope_claim.clone(),
+            devices_claim: self.jwt_devices_claim.clone(),
+            leeway_s: self.jwt_leeway_s,
+        }))
+    }
 }
 
 /// MQTT ingest. Without --mqtt-url, WattDB starts an embedded broker on --mqtt-listen
@@ -316,6 +464,9 @@ struct QueryBenchCli {
     /// Timed runs per question.
     #[arg(long, default_value_t = 30)]
     runs: usize,
+    /// API token (read scope), sent as `Authorization: Bearer TOKEN`.
+    #[arg(long, env = "WATTDB_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -326,6 +477,7 @@ fn query_bench(cli: QueryBenchCli) -> anyhow::Result<()> {
         url: cli.url,
         plug: cli.plug,
         runs: cli.runs,
+        token: cli.token,
     })
     .context("query benchmark failed")?;
     if cli.json {
@@ -359,6 +511,9 @@ struct MqttBenchCli {
     /// Publishing connections.
     #[arg(long, default_value_t = 1)]
     publishers: usize,
+    /// API token of --wattdb (read scope, all plugs).
+    #[arg(long, env = "WATTDB_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print one JSON object instead of the human summary.
     #[arg(long)]
     json: bool,
@@ -381,6 +536,7 @@ fn mqtt_bench(cli: MqttBenchCli) -> anyhow::Result<()> {
         plugs: cli.plugs,
         seconds: cli.seconds,
         publishers: cli.publishers,
+        token: cli.token,
         ..Default::default()
     };
     let report = wattdb_benches::mqtt::run(&args).context("MQTT benchmark failed")?;
@@ -502,8 +658,30 @@ enum WalCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cmd = Cli::command();
+    let (argv, sources) = config::layer(&cmd, std::env::args_os().collect())?;
+    let layered = sources.values().any(|s| s != "flag" && s != "default");
+    let matches = match cmd.clone().try_get_matches_from(argv) {
+        Ok(m) => m,
+        Err(e) => {
+            if layered {
+                eprintln!(
+                    "note: settings from WATTDB_* variables and the config file are checked as the flags they name"
+                );
+            }
+            e.exit()
+        }
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     match cli.command {
+        Command::Config(_) => {
+            config::print(&cmd, &matches, &sources);
+            Ok(())
+        }
+        Command::Token { command } => token_command(command),
         Command::Serve(args) => {
             init_tracing(args.log_format);
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -538,11 +716,22 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    if !args.without_auth {
-        bail!(
-            "authentication is not available in this build yet; start with --without-auth to accept unauthenticated requests (local experiments only)"
-        );
-    }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(wattdb_api::tls::server_config(cert, key).map_err(anyhow::Error::msg)?)
+        }
+        _ => None,
+    };
+    let auth = Auth::start(
+        &args.data_dir,
+        AuthConfig {
+            disabled: args.without_auth,
+            rate_limit_rps: args.rate_limit_rps,
+            jwt: args.jwt.config()?,
+        },
+    )
+    .map_err(anyhow::Error::msg)
+    .context("cannot set up authentication")?;
     let store = match &args.s3_bucket {
         None => None,
         Some(bucket) => {
@@ -606,7 +795,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..QueryConfig::default()
         },
     );
-    let mut state = AppState::new(engine.clone(), query);
+    let limits = QueryLimits {
+        concurrent: args.max_concurrent_queries.max(1),
+        max_rows: args.max_result_rows.max(1),
+    };
+    let mut state = AppState::new(engine.clone(), query, Arc::clone(&auth), limits);
     state.export_deadline = Duration::from_secs(args.export_timeout_s.max(1));
     state.live_send_timeout = Duration::from_secs(args.live_send_timeout_s.max(1));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -628,12 +821,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.http_addr))?;
     let addr = listener.local_addr().context("listener has no address")?;
-    warn!(
-        "running WITHOUT AUTHENTICATION: anyone who can reach {addr} can read and write every plug's data"
-    );
+    if auth.disabled() {
+        warn!(
+            "running WITHOUT AUTHENTICATION (--without-auth): anyone who can reach {addr} can read and write every plug's data"
+        );
+    } else if !auth.has_credentials() {
+        warn!(
+            "no API tokens yet: every request but /health gets 401. Create one (the server picks it up at once) with: wattdb token create --data-dir {} --scope admin",
+            args.data_dir.display()
+        );
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
     info!(%addr, data_dir = %args.data_dir.display(), "WattDB is ready");
     // Tests and scripts read this line to learn the port.
-    println!("wattdb listening on http://{addr}");
+    println!("wattdb listening on {scheme}://{addr}");
     let api = ApiConfig {
         max_body_bytes: args.max_body_bytes,
     };
@@ -641,9 +842,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    wattdb_api::serve(listener, state, &api, stopped())
-        .await
-        .context("HTTP server failed")?;
+    match tls {
+        Some(config) => {
+            let listener = wattdb_api::tls::TlsListener::new(listener, config)
+                .context("cannot start the TLS listener")?;
+            wattdb_api::serve_tls(listener, state, &api, stopped()).await
+        }
+        None => wattdb_api::serve(listener, state, &api, stopped()).await,
+    }
+    .context("HTTP server failed")?;
     if let Some(mqtt) = mqtt {
         match mqtt.await {
             Ok(Ok(())) => info!("MQTT subscriber stopped"),
@@ -743,6 +950,86 @@ async fn shutdown_signal() {
         _ = term.recv() => info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => info!("interrupt: shutting down"),
     }
+}
+
+fn token_command(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create {
+            data_dir,
+            scopes,
+            devices,
+            name,
+            expires_in,
+            json,
+        } => {
+            let store = TokenStore::new(&data_dir);
+            let (token, info) = store.create(NewToken {
+                name,
+                scopes,
+                devices,
+                expires_in,
+            })?;
+            if json {
+                let mut v = serde_json::to_value(&info)?;
+                v["token"] = serde_json::json!(token);
+                println!("{v}");
+            } else {
+                println!("{token}");
+                eprintln!(
+                    "created token {} ({}); it is shown only this once: keep it safe",
+                    info.id,
+                    describe_token(&info)
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::List { data_dir, json } => {
+            let infos = TokenStore::new(&data_dir).infos()?;
+            if json {
+                println!("{}", serde_json::json!({ "tokens": infos }));
+                return Ok(());
+            }
+            if infos.is_empty() {
+                println!("no tokens in {}", data_dir.display());
+            }
+            for i in &infos {
+                println!(
+                    "{}  {}  created {}{}",
+                    i.id,
+                    describe_token(i),
+                    i.created,
+                    i.name
+                        .as_deref()
+                        .map(|n| format!("  {n:?}"))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { data_dir, id } => {
+            if TokenStore::new(&data_dir).revoke(&id)? {
+                println!("revoked token {id}");
+                Ok(())
+            } else {
+                bail!("no token with id {id:?} in {}", data_dir.display())
+            }
+        }
+    }
+}
+
+/// `read,write; plugs house1-*; expires …` for people.
+fn describe_token(i: &TokenInfo) -> String {
+    let scopes: Vec<&str> = i.scopes.iter().map(|s| s.name()).collect();
+    let plugs = if i.devices.is_empty() {
+        "all plugs".to_owned()
+    } else {
+        format!("plugs {}*", i.devices.join("*, "))
+    };
+    let expires = match &i.expires {
+        Some(t) => format!("; expires {t}"),
+        None => String::new(),
+    };
+    format!("{}; {plugs}{expires}", scopes.join(","))
 }
 
 fn wal_command(command: WalCommand) -> anyhow::Result<()> {

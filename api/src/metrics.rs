@@ -20,10 +20,12 @@ pub enum WritePath {
 
 const PATHS: [&str; 2] = ["lp", "json"];
 /// Reasons a write is rejected, as `reason` label values.
-const REASONS: [&str; 5] = [
+const REASONS: [&str; 7] = [
     "bad_request",
     "body",
     "backpressure",
+    "auth",
+    "rate_limited",
     "wal_failed",
     "internal",
 ];
@@ -71,7 +73,13 @@ pub(crate) fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-pub async fn metrics(State(app): State<AppState>) -> Response {
+pub async fn metrics(
+    State(app): State<AppState>,
+    axum::Extension(access): axum::Extension<crate::auth::Access>,
+) -> Response {
+    if let Err(e) = access.check_fleet() {
+        return e.into_response();
+    }
     let m = &app.metrics;
     let e = app.engine.stats();
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);

@@ -29,8 +29,23 @@ pub fn sql_str(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// A time parameter: RFC 3339, `now`, or `now-DURATION` / `now+DURATION`.
+/// The latest time a parameter may name: 2200-01-01T00:00:00Z (the earliest is 1970).
+/// Bounded so that bucket arithmetic never overflows.
+pub const MAX_TIME_NS: i64 = 7_258_118_400 * S;
+
+/// A time parameter: RFC 3339, `now`, or `now-DURATION` / `now+DURATION`, between 1970
+/// and 2200.
 pub fn parse_time(name: &str, s: &str, now: i64) -> Result<i64, ApiError> {
+    let t = parse_any_time(name, s, now)?;
+    if !(0..=MAX_TIME_NS).contains(&t) {
+        return Err(bad(format!(
+            "{name}: {s:?} is outside 1970-01-01 to 2200-01-01"
+        )));
+    }
+    Ok(t)
+}
+
+fn parse_any_time(name: &str, s: &str, now: i64) -> Result<i64, ApiError> {
     let s = s.trim();
     if let Some(rest) = s.strip_prefix("now") {
         if rest.is_empty() {

@@ -7,12 +7,12 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::writer::StreamWriter;
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use bytes::Bytes;
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use wattdb_query::Error as QueryError;
 
 use crate::AppState;
+use crate::auth::Access;
 use crate::error::ApiError;
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -92,10 +93,11 @@ async fn next_batch(
 
 pub async fn query(
     State(app): State<AppState>,
+    Extension(access): Extension<Access>,
     req: Result<Json<QueryRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
-    let result = run_query(&app, req, started).await;
+    let result = run_query(&app, &access, req, started).await;
     if result.is_err() {
         app.metrics.query_done(false, started.elapsed());
     }
@@ -104,34 +106,64 @@ pub async fn query(
 
 async fn run_query(
     app: &AppState,
+    access: &Access,
     req: Result<Json<QueryRequest>, JsonRejection>,
     started: std::time::Instant,
 ) -> Result<Response, ApiError> {
-    let Json(req) = req.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    stream_sql(app, &req.sql, req.format, app.query.deadline(), started).await
+    let Json(req) = req?;
+    let run = Run {
+        deadline: app.query.deadline(),
+        max_rows: Some(app.limits.max_rows),
+        started,
+    };
+    stream_sql(app, access, &req.sql, req.format, run).await
 }
 
-/// Runs `sql` and answers with its result in `format`, streamed batch by batch, so
-/// that memory does not grow with the result. Planning errors and errors before the
-/// first batch get a proper status; a later error cuts the body short. `limit` is the
-/// deadline of the whole query.
+/// How a streamed query runs.
+pub(crate) struct Run {
+    /// The deadline of the whole query.
+    pub deadline: Duration,
+    /// Rows the answer may hold; past that the body is cut short with an error.
+    pub max_rows: Option<u64>,
+    pub started: std::time::Instant,
+}
+
+/// Runs `sql` over the tables `access` may see and answers with its result in
+/// `format`, streamed batch by batch, so that memory does not grow with the result.
+/// Planning errors and errors before the first batch get a proper status; a later
+/// error cuts the body short. The query holds one of the server's query slots until
+/// its body is done.
 pub(crate) async fn stream_sql(
     app: &AppState,
+    access: &Access,
     sql: &str,
     format: Format,
-    limit: Duration,
-    started: std::time::Instant,
+    run: Run,
 ) -> Result<Response, ApiError> {
+    let slot = app.query_slot()?;
+    let Run {
+        deadline: limit,
+        max_rows,
+        started,
+    } = run;
     let deadline = Deadline {
         at: Instant::now() + limit,
         limit,
     };
-    let mut stream = tokio::time::timeout_at(deadline.at, app.query.sql(sql))
-        .await
-        .map_err(|_| deadline.err())??;
+    let devices = access.devices.clone();
+    let mut stream =
+        tokio::time::timeout_at(deadline.at, app.query.sql_for(sql, devices.as_deref()))
+            .await
+            .map_err(|_| deadline.err())??;
     // The first batch is awaited before answering, so planning and early execution
     // errors get a proper status instead of a cut-off body.
     let first = next_batch(&mut stream, deadline).await?;
+    let too_many = move |rows: u64| max_rows.is_some_and(|m| rows > m);
+    if let (Some(b), Some(m)) = (&first, max_rows)
+        && too_many(b.num_rows() as u64)
+    {
+        return Err(ApiError::ResultTooLarge(m));
+    }
     let mut encoder = Encoder::new(format, stream.schema())?;
     let head = match &first {
         Some(b) => encoder.encode(b)?,
@@ -141,10 +173,15 @@ pub(crate) async fn stream_sql(
     let metrics = Arc::clone(&app.metrics);
     let tail = stream::unfold(state, move |state| {
         let metrics = Arc::clone(&metrics);
+        // The query slot is released when the body is done or dropped.
+        let _slot = &slot;
         async move {
             let (mut stream, mut encoder, more) = state?;
             let chunk = if more {
                 match next_batch(&mut stream, deadline).await {
+                    Ok(Some(b)) if too_many(encoder.rows + b.num_rows() as u64) => {
+                        Err(ApiError::ResultTooLarge(max_rows.unwrap_or_default()))
+                    }
                     Ok(Some(b)) => encoder.encode(&b).map(|b| (b, true)),
                     Ok(None) => encoder.finish().map(|b| (b, false)),
                     Err(e) => Err(e),
@@ -196,7 +233,23 @@ fn fail(e: impl Into<datafusion::error::DataFusionError>) -> ApiError {
 }
 
 impl Encoder {
+    /// 400 when the format cannot hold a column of the result.
     fn new(format: Format, schema: SchemaRef) -> Result<Self, ApiError> {
+        let unfit = |e: &dyn std::fmt::Display| {
+            ApiError::BadRequest(format!(
+                "format {}: cannot hold this result: {e}",
+                format.extension()
+            ))
+        };
+        if format == Format::Csv
+            && let Some(f) = schema.fields().iter().find(|f| f.data_type().is_nested())
+        {
+            return Err(unfit(&format!(
+                "column {:?} is {}; CSV holds flat columns only (use json, arrow or parquet)",
+                f.name(),
+                f.data_type()
+            )));
+        }
         let mut e = Self {
             format,
             started: false,
@@ -207,14 +260,15 @@ impl Encoder {
         };
         match format {
             Format::Arrow => {
-                e.arrow = Some(StreamWriter::try_new(Vec::new(), &schema).map_err(fail)?)
+                e.arrow = Some(StreamWriter::try_new(Vec::new(), &schema).map_err(|e| unfit(&e))?)
             }
             Format::Parquet => {
                 let props = WriterProperties::builder()
                     .set_compression(Compression::ZSTD(ZstdLevel::default()))
                     .build();
-                e.parquet =
-                    Some(ArrowWriter::try_new(Vec::new(), schema, Some(props)).map_err(fail)?);
+                e.parquet = Some(
+                    ArrowWriter::try_new(Vec::new(), schema, Some(props)).map_err(|e| unfit(&e))?,
+                );
             }
             Format::Json | Format::Csv => {}
         }

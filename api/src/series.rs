@@ -53,6 +53,9 @@ const NICE_STEPS_S: [i64; 17] = [
 ];
 /// Most points a series may have (per plug and field).
 const MAX_POINTS: i64 = 20_000;
+/// The longest step, about ten years (times are at most 2200, so bucket arithmetic
+/// stays far from overflow).
+const MAX_STEP_NS: i64 = 3_660 * 86_400 * S;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,7 +140,7 @@ fn parse_tz(s: &str) -> Result<Zone, ApiError> {
     };
     let (h, m) = rest.split_once(':').ok_or_else(err)?;
     let (h, m): (i64, i64) = (h.parse().map_err(|_| err())?, m.parse().map_err(|_| err())?);
-    if h > 14 || m >= 60 {
+    if !(0..=14).contains(&h) || !(0..60).contains(&m) {
         return Err(err());
     }
     Ok(Zone::Fixed(sign * (h * 3_600 + m * 60) * S))
@@ -242,9 +245,10 @@ impl Cell {
 /// `GET /api/v1/series`.
 pub async fn series(
     State(app): State<AppState>,
+    axum::Extension(access): axum::Extension<crate::auth::Access>,
     query: Result<Query<SeriesQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Query(q) = query?;
     let now = crate::now_ns();
     let devices = device_ids(q.device.as_deref().unwrap_or(""))?;
     if devices.is_empty() {
@@ -252,6 +256,8 @@ pub async fn series(
             "device: give one or more plug ids, comma-separated".into()
         ));
     }
+    access.check_devices(devices.iter().map(String::as_str))?;
+    let _slot = app.query_slot()?;
     let to = match &q.to {
         Some(t) => parse_time("to", t, now)?,
         None => now,
@@ -309,7 +315,15 @@ pub async fn series(
                 .find(|s| span / s <= AUTO_POINTS)
                 .unwrap_or(30 * 86_400 * S)
         }
-        s => parse_duration_ns(s).map_err(|e| bad(format!("step: {e}")))?,
+        s => parse_duration_ns(s)
+            .map_err(|e| bad(format!("step: {e}")))
+            .and_then(|step| {
+                if step > MAX_STEP_NS {
+                    Err(bad(format!("step: {s:?} is longer than 3660d")))
+                } else {
+                    Ok(step)
+                }
+            })?,
     };
     let points = (to - from) / step + 2;
     if points > MAX_POINTS {

@@ -1,5 +1,6 @@
 //! Write routes: InfluxDB line protocol and JSON readings.
 
+use axum::Extension;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -9,6 +10,7 @@ pub use wattdb_ingest::now_ns;
 use wattdb_ingest::{Precision, ReadingBatch, decode_json_readings, decode_line_protocol};
 
 use crate::AppState;
+use crate::auth::Access;
 use crate::error::ApiError;
 use crate::metrics::WritePath;
 
@@ -25,19 +27,24 @@ pub struct WriteParams {
 /// `POST /api/v2/write`, `POST /write`: line protocol; 204 once durable.
 pub async fn line_protocol(
     State(app): State<AppState>,
-    Query(params): Query<WriteParams>,
+    Extension(access): Extension<Access>,
+    params: Result<Query<WriteParams>, axum::extract::rejection::QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let result = write_line_protocol(&app, params, body).await;
+    let result = match params {
+        Ok(Query(params)) => write_line_protocol(&app, &access, params, body).await,
+        Err(e) => Err(e.into()),
+    };
     record(&app, WritePath::LineProtocol, result)
 }
 
 /// `POST /api/v1/readings`: a JSON array of readings (or one object); 204 once durable.
 pub async fn json_readings(
     State(app): State<AppState>,
+    Extension(access): Extension<Access>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let result = write_json(&app, body).await;
+    let result = write_json(&app, &access, body).await;
     record(&app, WritePath::Json, result)
 }
 
@@ -60,6 +67,7 @@ fn record(
 
 async fn write_line_protocol(
     app: &AppState,
+    access: &Access,
     params: WriteParams,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<usize, ApiError> {
@@ -77,11 +85,13 @@ async fn write_line_protocol(
             .map_err(ApiError::LineProtocol)
     };
     let batch = run_decode(len, decode).await?;
+    access.check_devices(batch.device_id.iter())?;
     Ok(app.engine.write(batch).await?.rows)
 }
 
 async fn write_json(
     app: &AppState,
+    access: &Access,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<usize, ApiError> {
     let body = body?;
@@ -94,6 +104,7 @@ async fn write_json(
             .map_err(ApiError::Json)
     };
     let batch = run_decode(len, decode).await?;
+    access.check_devices(batch.device_id.iter())?;
     Ok(app.engine.write(batch).await?.rows)
 }
 

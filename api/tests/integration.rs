@@ -5,6 +5,8 @@
 #[path = "integration/support.rs"]
 mod support;
 
+#[path = "integration/auth.rs"]
+mod auth;
 #[path = "integration/crash.rs"]
 mod crash;
 #[path = "integration/dashboard.rs"]

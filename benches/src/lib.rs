@@ -38,3 +38,22 @@ pub use encode::{encode_json, encode_lp};
 pub use histogram::Histogram;
 pub use loadgen::{LoadgenArgs, LoadgenError, Protocol, Report, run};
 pub use simulator::{Delivery, DeviceType, Fleet, FleetConfig, Plug, Reading};
+
+/// An HTTP agent that sends `Authorization: Bearer TOKEN` with every request, when
+/// there is a token.
+// The closure's error type is ureq's own.
+#[allow(clippy::result_large_err)]
+pub fn http_agent(token: Option<&str>, timeout: std::time::Duration) -> ureq::Agent {
+    let builder = ureq::AgentBuilder::new().timeout(timeout);
+    match token {
+        None => builder.build(),
+        Some(t) => {
+            let value = format!("Bearer {t}");
+            builder
+                .middleware(move |req: ureq::Request, next: ureq::MiddlewareNext<'_>| {
+                    next.handle(req.set("Authorization", &value))
+                })
+                .build()
+        }
+    }
+}

@@ -55,6 +55,8 @@ pub struct MqttBenchArgs {
     pub seed: u64,
     /// Give up waiting for deliveries after this long without progress.
     pub idle_timeout: Duration,
+    /// API token of the WattDB target (read scope, all plugs).
+    pub token: Option<String>,
 }
 
 impl Default for MqttBenchArgs {
@@ -70,6 +72,7 @@ impl Default for MqttBenchArgs {
             publishers: 1,
             seed: 1,
             idle_timeout: Duration::from_secs(10),
+            token: None,
         }
     }
 }
@@ -151,7 +154,7 @@ pub fn run(args: &MqttBenchArgs) -> Result<MqttBenchReport, MqttBenchError> {
             null_subscriber(args, qos, delivered.clone())?;
             0
         }
-        Target::Wattdb(url) => mqtt_readings(url)?,
+        Target::Wattdb(url) => mqtt_readings(url, args.token.as_deref())?,
     };
 
     let started = Instant::now();
@@ -184,7 +187,9 @@ pub fn run(args: &MqttBenchArgs) -> Result<MqttBenchReport, MqttBenchError> {
     loop {
         let count = match &args.target {
             Target::Null => delivered.load(Ordering::Relaxed),
-            Target::Wattdb(url) => mqtt_readings(url)?.saturating_sub(baseline),
+            Target::Wattdb(url) => {
+                mqtt_readings(url, args.token.as_deref())?.saturating_sub(baseline)
+            }
         };
         if count != last.0 {
             last = (count, Instant::now());
@@ -200,7 +205,7 @@ pub fn run(args: &MqttBenchArgs) -> Result<MqttBenchReport, MqttBenchError> {
     let (lost, duplicated) = match &args.target {
         Target::Null => (None, None),
         Target::Wattdb(url) => {
-            let (stored, distinct) = stored(url, start_ns, end_ns - 1)?;
+            let (stored, distinct) = stored(url, args.token.as_deref(), start_ns, end_ns - 1)?;
             (
                 Some(readings.saturating_sub(distinct)),
                 Some(stored.saturating_sub(distinct)),
@@ -413,8 +418,9 @@ fn wattdb_error(url: &str, reason: impl ToString) -> MqttBenchError {
 }
 
 /// WattDB's `wattdb_ingested_readings_total{path="mqtt"}`.
-fn mqtt_readings(url: &str) -> Result<u64, MqttBenchError> {
-    let body = ureq::get(&format!("{url}/metrics"))
+fn mqtt_readings(url: &str, token: Option<&str>) -> Result<u64, MqttBenchError> {
+    let body = crate::http_agent(token, Duration::from_secs(30))
+        .get(&format!("{url}/metrics"))
         .call()
         .map_err(|e| wattdb_error(url, e))?
         .into_string()
@@ -427,9 +433,15 @@ fn mqtt_readings(url: &str) -> Result<u64, MqttBenchError> {
 }
 
 /// Stored and distinct readings of the run's plugs in `[min_ts, max_ts]`.
-fn stored(url: &str, min_ts: i64, max_ts: i64) -> Result<(u64, u64), MqttBenchError> {
+fn stored(
+    url: &str,
+    token: Option<&str>,
+    min_ts: i64,
+    max_ts: i64,
+) -> Result<(u64, u64), MqttBenchError> {
     let body = serde_json::json!({"sql": verify_sql(min_ts, max_ts), "format": "json"});
-    let rows: Vec<serde_json::Value> = ureq::post(&format!("{url}/api/v1/query"))
+    let rows: Vec<serde_json::Value> = crate::http_agent(token, Duration::from_secs(300))
+        .post(&format!("{url}/api/v1/query"))
         .send_json(body)
         .map_err(|e| wattdb_error(url, e))?
         .into_json()

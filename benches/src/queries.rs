@@ -26,6 +26,8 @@ pub struct QueryBenchArgs {
     pub plug: Option<String>,
     /// Timed runs per question (after two untimed ones).
     pub runs: usize,
+    /// API token with the read scope.
+    pub token: Option<String>,
 }
 
 /// Latencies of one question, in milliseconds.
@@ -106,9 +108,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// Runs every question `runs` times and reports their latencies.
 pub fn run(args: &QueryBenchArgs) -> Result<QueryBenchReport, QueryBenchError> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(300))
-        .build();
+    let agent = crate::http_agent(args.token.as_deref(), Duration::from_secs(300));
     let url = args.url.trim_end_matches('/');
     let devices: serde_json::Value =
         serde_json::from_slice(&call(&agent, url, &Request::Get("/api/v1/devices".into()))?)

@@ -25,6 +25,10 @@ pub enum Error {
     /// the query may succeed later.
     #[error("the object store holding the Parquet files failed; try again later: {0}")]
     Storage(DataFusionError),
+    /// The query cannot run on the data it meets: division by zero, a failed cast, a
+    /// function given an argument outside its domain.
+    #[error("the query cannot be computed: {0}")]
+    Invalid(DataFusionError),
     /// Any other failure while running.
     #[error("query failed: {0}")]
     DataFusion(DataFusionError),
@@ -39,6 +43,7 @@ impl Error {
             | DataFusionError::SchemaError(..)
             | DataFusionError::NotImplemented(_) => Error::Plan(e),
             _ if is_store_failure(&e) => Error::Storage(e),
+            _ if is_invalid_input(&e) => Error::Invalid(e),
             _ => Error::DataFusion(e),
         }
     }
@@ -48,8 +53,27 @@ impl Error {
         match e.find_root() {
             DataFusionError::ResourcesExhausted(_) => Error::MemoryLimit(e),
             _ if is_store_failure(&e) => Error::Storage(e),
+            _ if is_invalid_input(&e) => Error::Invalid(e),
             _ => Error::DataFusion(e),
         }
+    }
+}
+
+/// Did the query's own expressions fail on their input (rather than WattDB)?
+fn is_invalid_input(e: &DataFusionError) -> bool {
+    use arrow::error::ArrowError as A;
+    match e.find_root() {
+        DataFusionError::Execution(_) => true,
+        DataFusionError::ArrowError(a, _) => matches!(
+            **a,
+            A::DivideByZero
+                | A::CastError(_)
+                | A::ComputeError(_)
+                | A::InvalidArgumentError(_)
+                | A::ArithmeticOverflow(_)
+                | A::ParseError(_)
+        ),
+        _ => false,
     }
 }
 

@@ -11,12 +11,14 @@
 
 mod error;
 mod readings;
+mod scoped;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use datafusion::datasource::TableProvider;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::cache::cache_manager::{CacheManagerConfig, FileMetadataCache};
@@ -32,6 +34,7 @@ use wattdb_engine::{Engine, Tier};
 
 pub use error::{Error, Result};
 pub use readings::ReadingsTable;
+use scoped::DeviceScoped;
 
 /// Limits and settings for queries. `Default` gives the embedded defaults.
 #[derive(Debug, Clone)]
@@ -91,7 +94,9 @@ impl QueryEngine {
     }
 
     /// A fresh session with WattDB's tables registered and the query limits applied.
-    pub fn context(&self) -> Result<SessionContext> {
+    /// With `devices`, the tables hold only the plugs whose ids start with one of
+    /// those prefixes.
+    pub fn context(&self, devices: Option<&[String]>) -> Result<SessionContext> {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.config.memory_limit, 1.0)
             .with_cache_manager(
@@ -113,11 +118,14 @@ impl QueryEngine {
             .map_err(Error::DataFusion)?;
         ctx.register_object_store(url.as_ref(), self.engine.store().reader());
         for tier in Tier::ALL {
-            ctx.register_table(
-                ReadingsTable::name(tier),
-                Arc::new(ReadingsTable::of_tier(self.engine.clone(), tier)),
-            )
-            .map_err(Error::DataFusion)?;
+            let name = ReadingsTable::name(tier);
+            let table: Arc<dyn TableProvider> =
+                Arc::new(ReadingsTable::of_tier(self.engine.clone(), tier));
+            let table: Arc<dyn TableProvider> = match devices {
+                None => table,
+                Some(prefixes) => Arc::new(DeviceScoped::new(table, name.clone(), prefixes)),
+            };
+            ctx.register_table(name, table).map_err(Error::DataFusion)?;
         }
         Ok(ctx)
     }
@@ -131,8 +139,19 @@ impl QueryEngine {
     /// requests or writes, and the caller's deadline fires on time. Dropping the stream
     /// (or this future) cancels the query and frees its memory.
     pub async fn sql(&self, sql: &str) -> Result<SendableRecordBatchStream> {
+        self.sql_for(sql, None).await
+    }
+
+    /// [`QueryEngine::sql`] for a caller who may see only the plugs whose ids start
+    /// with one of `devices` (every plug with `None`): the tables of its session hold
+    /// nothing else.
+    pub async fn sql_for(
+        &self,
+        sql: &str,
+        devices: Option<&[String]>,
+    ) -> Result<SendableRecordBatchStream> {
         check_read_only(sql)?;
-        let ctx = self.context()?;
+        let ctx = self.context(devices)?;
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)

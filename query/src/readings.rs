@@ -391,7 +391,7 @@ fn overlapping(boxes: &mut [SourceBox<'_>]) -> bool {
 }
 
 /// Removes table qualifiers, so filters apply to the inner sources.
-fn unqualify(e: &Expr) -> DfResult<Expr> {
+pub(crate) fn unqualify(e: &Expr) -> DfResult<Expr> {
     e.clone()
         .transform(|e| {
             Ok(match e {

@@ -238,3 +238,74 @@ async fn buffer_and_parquet_files_read_as_one_table_where_the_last_write_wins() 
     expected[0].2 = 100.0;
     assert_eq!(rows(&q, ALL).await, expected);
 }
+
+async fn count_for(q: &QueryEngine, sql: &str, devices: &[String]) -> i64 {
+    let batches: Vec<_> = q
+        .sql_for(sql, Some(devices))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    batches[0].column(0).as_primitive::<Int64Type>().value(0)
+}
+
+#[tokio::test]
+async fn a_prefix_limited_session_sees_no_other_plug_in_any_table() {
+    let s = 1_000_000_000;
+    let mut rows = Vec::new();
+    for (i, id) in ["house1-a", "house1-b", "house2-a", "house10-a"]
+        .into_iter()
+        .enumerate()
+    {
+        for m in 0..3 {
+            rows.push((id, (m * 60 + i as i64) * s, 1.0));
+        }
+    }
+    let (_d, engine) = engine_with(&rows).await;
+    engine.persist().await.unwrap();
+    // And a newer reading still in the buffer.
+    engine
+        .write(reading("house2-a", 600 * s, 5.0))
+        .await
+        .unwrap();
+    let q = QueryEngine::new(engine, QueryConfig::default());
+    let house1 = ["house1-".to_owned()];
+    for (sql, want) in [
+        ("SELECT count(*) FROM readings", 6),
+        (
+            "SELECT count(*) FROM readings WHERE device_id = 'house2-a'",
+            0,
+        ),
+        (
+            "SELECT count(*) FROM readings r WHERE r.device_id LIKE 'house%'",
+            6,
+        ),
+        ("SELECT count(*) FROM (SELECT * FROM readings LIMIT 100)", 6),
+        (
+            "SELECT count(*) FROM (SELECT device_id FROM readings LIMIT 4)",
+            4,
+        ),
+        ("SELECT count(*) FROM readings_1m", 6),
+        ("SELECT count(*) FROM readings_1h", 2),
+        ("SELECT count(*) FROM readings_1d", 2),
+        (
+            "SELECT count(*) FROM readings a JOIN readings_1m b ON a.device_id = b.device_id",
+            18,
+        ),
+        (
+            "SELECT count(DISTINCT device_id) FROM (SELECT device_id FROM readings UNION ALL SELECT device_id FROM readings_1d)",
+            2,
+        ),
+    ] {
+        assert_eq!(count_for(&q, sql, &house1).await, want, "{sql}");
+    }
+    let two = ["house2-".to_owned(), "house10-".to_owned()];
+    assert_eq!(
+        count_for(&q, "SELECT count(*) FROM readings", &two).await,
+        7
+    );
+    assert_eq!(count_for(&q, "SELECT count(*) FROM readings", &[]).await, 0);
+    // Unlimited, every plug.
+    assert_eq!(count(&q, "SELECT count(*) FROM readings").await, 13);
+}

@@ -290,6 +290,16 @@ impl Store {
         }
     }
 
+    /// Whether the store answers: one listing of its top level.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        let top = ObjPath::from("");
+        self.inner
+            .list_with_delimiter(None)
+            .await
+            .map(|_| ())
+            .map_err(StoreError::request("list", &top))
+    }
+
     /// Every object under `prefix` (recursively).
     pub async fn list(&self, prefix: &ObjPath) -> Result<Vec<ObjectMeta>, StoreError> {
         self.inner

@@ -246,18 +246,6 @@ fn data_survives_a_clean_restart_and_duplicates_resolve_to_the_last_write() {
 }
 
 #[test]
-fn serve_without_the_auth_flag_refuses_to_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wattdb"))
-        .args(["serve", "--http-addr", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--without-auth"));
-}
-
-#[test]
 fn wal_check_and_repair_commands() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -13,6 +13,10 @@ pub struct Server {
     pub data_dir: PathBuf,
     extra: Vec<String>,
     env: Vec<(String, String)>,
+    /// Whether the server checks tokens (else it runs with --without-auth).
+    auth: bool,
+    /// Sent by the helpers below as `Authorization: Bearer …`.
+    pub token: Option<String>,
 }
 
 impl Server {
@@ -23,6 +27,19 @@ impl Server {
 
     /// Like [`Server::start`], with environment variables for the server process.
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_as(data_dir, extra, env, false)
+    }
+
+    /// Starts a server that checks tokens, with an admin token (created with `wattdb
+    /// token create` before the start) in [`Server::token`].
+    pub fn start_with_auth(data_dir: &Path, extra: &[&str]) -> Server {
+        let token = create_token(data_dir, &["--scope", "admin"]);
+        let mut s = Server::start_as(data_dir, extra, &[], true);
+        s.token = Some(token);
+        s
+    }
+
+    fn start_as(data_dir: &Path, extra: &[&str], env: &[(&str, &str)], auth: bool) -> Server {
         let mut s = Server {
             child: None,
             url: String::new(),
@@ -32,6 +49,8 @@ impl Server {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            auth,
+            token: None,
         };
         s.spawn();
         s
@@ -44,7 +63,7 @@ impl Server {
             .open(self.data_dir.with_extension("log"))
             .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_wattdb"))
-            .args(serve_args())
+            .args(serve_args(self.auth))
             .arg(&self.data_dir)
             .args(&self.extra)
             .args(self.no_mqtt())
@@ -134,11 +153,13 @@ impl Server {
     }
 
     pub fn post(&self, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
-        let r = agent()
+        let mut req = agent()
             .post(&format!("{}{path}", self.url))
-            .set("Content-Type", content_type)
-            .send_bytes(body);
-        response(r)
+            .set("Content-Type", content_type);
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        response(req.send_bytes(body))
     }
 
     pub fn write_lp(&self, body: &str) -> (u16, String) {
@@ -171,28 +192,47 @@ impl Server {
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
-        response(agent().get(&format!("{}{path}", self.url)).call())
+        let mut req = agent().get(&format!("{}{path}", self.url));
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        response(req.call())
     }
 }
 
 /// Runs `wattdb serve` on `data` and returns its output, for starts that must fail.
 pub fn serve_once(data: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_wattdb"))
-        .args(serve_args())
+        .args(serve_args(false))
         .arg(data)
         .arg("--no-mqtt")
         .output()
         .unwrap()
 }
 
-fn serve_args() -> [&'static str; 5] {
-    [
-        "serve",
-        "--without-auth",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--data-dir",
-    ]
+fn serve_args(auth: bool) -> Vec<&'static str> {
+    let mut args = vec!["serve"];
+    if !auth {
+        args.push("--without-auth");
+    }
+    args.extend(["--http-addr", "127.0.0.1:0", "--data-dir"]);
+    args
+}
+
+/// Runs `wattdb token create --data-dir DIR ARGS` and returns the token it prints.
+pub fn create_token(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_wattdb"))
+        .args(["token", "create", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "token create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 impl Drop for Server {
