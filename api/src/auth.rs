@@ -23,7 +23,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-pub use store::{NewToken, StoreError, TokenInfo, TokenStore};
+pub use store::{NewToken, StoreError, TokenInfo, TokenStore, random_hex};
 
 use crate::error::ApiError;
 
@@ -229,6 +229,22 @@ impl Auth {
             return Err(ApiError::RateLimited(wait));
         }
         Ok(access)
+    }
+
+    /// Whether `password` may publish plug readings to the embedded MQTT broker: a
+    /// token with the write scope for every plug.
+    pub fn mqtt_login(&self, password: &str) -> Result<(), String> {
+        let access = self.authenticate(password).map_err(|e| e.to_string())?;
+        if !access.has(Scope::Write) {
+            return Err(format!("token {} lacks the write scope", access.id));
+        }
+        if access.devices.is_some() {
+            return Err(format!(
+                "token {} is limited to some plugs, which the embedded broker cannot enforce on topics",
+                access.id
+            ));
+        }
+        Ok(())
     }
 
     fn authenticate(&self, token: &str) -> Result<Access, ApiError> {

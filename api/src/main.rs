@@ -12,8 +12,8 @@ use anyhow::{Context, bail};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing::{info, warn};
 use wattdb_api::auth::jwt::{JwtAlgorithm, JwtConfig};
-use wattdb_api::auth::{Auth, AuthConfig, NewToken, Scope, TokenInfo, TokenStore};
-use wattdb_api::mqtt::{EmbeddedBroker, EngineSink};
+use wattdb_api::auth::{Auth, AuthConfig, NewToken, Scope, TokenInfo, TokenStore, random_hex};
+use wattdb_api::mqtt::{BrokerLogin, EmbeddedBroker, EngineSink};
 use wattdb_api::{ApiConfig, AppState, QueryLimits};
 use wattdb_engine::rollup::RollupConfig;
 use wattdb_engine::{
@@ -343,6 +343,11 @@ struct MqttArgs {
     /// No MQTT ingest: neither the embedded broker nor a subscriber.
     #[arg(long, conflicts_with = "mqtt_url")]
     no_mqtt: bool,
+    /// Let plugs connect to the embedded broker without a login. Otherwise (unless
+    /// --without-auth) a plug logs in with any user name and, as password, an API
+    /// token with the write scope for every plug.
+    #[arg(long, conflicts_with = "mqtt_url")]
+    mqtt_allow_anonymous: bool,
     /// Client id at the broker; it names WattDB's persistent session, so it must be
     /// unique per WattDB node and stable across restarts [default: wattdb-HOSTNAME].
     #[arg(long, env = "WATTDB_MQTT_CLIENT_ID", value_name = "ID")]
@@ -809,7 +814,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-    let mqtt = match mqtt_subscriber(&args.mqtt, &engine)? {
+    let broker_auth =
+        (!auth.disabled() && !args.mqtt.mqtt_allow_anonymous).then(|| Arc::clone(&auth));
+    let mqtt = match mqtt_subscriber(&args.mqtt, &engine, broker_auth)? {
         Some(subscriber) => {
             state.mqtt = Some(subscriber.stats());
             let stop = stopped();
@@ -871,18 +878,36 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn mqtt_subscriber(
     args: &MqttArgs,
     engine: &Engine,
+    broker_auth: Option<Arc<Auth>>,
 ) -> anyhow::Result<Option<Subscriber<EngineSink>>> {
     if args.no_mqtt {
         return Ok(None);
     }
     let max_payload_bytes = args.mqtt_max_payload_kib.max(1) << 10;
+    let mut login = (args.mqtt_username.clone(), args.mqtt_password.clone());
     let url = match &args.mqtt_url {
         Some(url) => url.clone(),
         None => {
+            let broker_login = match broker_auth {
+                Some(auth) => {
+                    let login_of_wattdb = BrokerLogin {
+                        auth,
+                        internal_user: "wattdb-internal".to_owned(),
+                        internal_password: random_hex(24)?,
+                    };
+                    login = (
+                        Some(login_of_wattdb.internal_user.clone()),
+                        Some(login_of_wattdb.internal_password.clone()),
+                    );
+                    Some(login_of_wattdb)
+                }
+                None => None,
+            };
             EmbeddedBroker {
                 listen: args.mqtt_listen,
                 max_payload_bytes: max_payload_bytes + (64 << 10),
                 max_connections: 10_000,
+                login: broker_login,
             }
             .start()?;
             let mut connect = args.mqtt_listen;
@@ -904,8 +929,8 @@ fn mqtt_subscriber(
             .mqtt_client_id
             .clone()
             .unwrap_or_else(default_client_id),
-        username: args.mqtt_username.clone(),
-        password: args.mqtt_password.clone(),
+        username: login.0,
+        password: login.1,
         ca_file: args.mqtt_ca_file.clone(),
         filters: args.mqtt_topics.clone(),
         share_group: args.mqtt_share_group.clone(),

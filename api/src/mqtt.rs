@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use wattdb_engine::{Engine, Error, Refused};
@@ -47,6 +48,41 @@ pub struct EmbeddedBroker {
     /// Largest payload the broker accepts.
     pub max_payload_bytes: usize,
     pub max_connections: usize,
+    /// Who may connect; `None`: anyone.
+    pub login: Option<BrokerLogin>,
+}
+
+/// Logins to the embedded broker: WattDB's own subscriber with a secret made at start,
+/// and plugs with an API token (or JWT) of the `write` scope for every plug as password
+/// (the broker cannot hold a plug-limited token to its topics, so those are refused).
+#[derive(Clone)]
+pub struct BrokerLogin {
+    pub auth: Arc<crate::auth::Auth>,
+    pub internal_user: String,
+    pub internal_password: String,
+}
+
+impl std::fmt::Debug for BrokerLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerLogin")
+            .field("internal_user", &self.internal_user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BrokerLogin {
+    fn allows(&self, client_id: &str, user: &str, password: &str) -> bool {
+        if user == self.internal_user {
+            return password == self.internal_password;
+        }
+        match self.auth.mqtt_login(password) {
+            Ok(()) => true,
+            Err(reason) => {
+                tracing::warn!(client_id, user, %reason, "MQTT login refused");
+                false
+            }
+        }
+    }
 }
 
 impl EmbeddedBroker {
@@ -68,7 +104,14 @@ impl EmbeddedBroker {
             max_payload_size: self.max_payload_bytes,
             max_inflight_count: 500,
             auth: None,
-            external_auth: None,
+            external_auth: self.login.clone().map(|login| {
+                let handler: rumqttd::AuthHandler =
+                    Arc::new(move |client_id: String, user: String, password: String| {
+                        let ok = login.allows(&client_id, &user, &password);
+                        Box::pin(async move { ok })
+                    });
+                handler
+            }),
             dynamic_filters: true,
         };
         let server = rumqttd::ServerSettings {

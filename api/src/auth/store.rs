@@ -87,6 +87,15 @@ pub fn hash(token: &str) -> [u8; 32] {
     out
 }
 
+/// `n` random bytes from the system's generator, as hex.
+pub fn random_hex(n: usize) -> Result<String, StoreError> {
+    let mut bytes = vec![0u8; n];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| StoreError::Invalid("the system random generator failed".into()))?;
+    Ok(hex(&bytes))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

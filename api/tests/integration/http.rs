@@ -418,3 +418,64 @@ fn a_query_past_its_deadline_gets_504_while_writes_and_queries_go_on() {
     let rows = server.sql("SELECT count(*) AS n FROM readings");
     assert_eq!(rows[0]["n"], 100_001);
 }
+
+#[test]
+fn sigterm_answers_or_refuses_every_write_in_flight_and_loses_none_it_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &[]);
+    let url = server.url.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let url = url.clone();
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                // (first ts, rows) of every acknowledged batch, and the refusals seen.
+                let mut acked = Vec::new();
+                let mut refused = 0;
+                let mut i = 0i64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let first = T0 + (w * 1_000_000 + i * 100) * 1_000_000;
+                    let body: String = (0..100)
+                        .map(|k| lp_line(&format!("term-{w}"), first + k * 1_000_000, 1.0) + "\n")
+                        .collect();
+                    i += 1;
+                    let r = crate::support::agent()
+                        .post(&format!("{url}/api/v2/write"))
+                        .send_string(&body);
+                    match r {
+                        Ok(resp) if resp.status() == 204 => acked.push(first),
+                        Ok(_) | Err(ureq::Error::Status(..)) => refused += 1,
+                        // The server is gone: no answer, so no promise.
+                        Err(_) => break,
+                    }
+                }
+                (acked, refused)
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    server.stop(); // SIGTERM; asserts a clean exit
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        let (a, _refused) = w.join().unwrap();
+        acked.extend(a);
+    }
+    assert!(!acked.is_empty());
+    let server = Server::start(&data, &[]);
+    // Every acknowledged batch is there, whole.
+    let rows = server.sql("SELECT CAST(ts AS BIGINT) AS t FROM readings");
+    let stored: std::collections::HashSet<i64> =
+        rows.iter().map(|r| r["t"].as_i64().unwrap()).collect();
+    for first in &acked {
+        for k in 0..100 {
+            assert!(
+                stored.contains(&(first + k * 1_000_000)),
+                "acknowledged reading lost"
+            );
+        }
+    }
+    assert_eq!(stored.len() % 100, 0, "a batch was stored in part");
+}

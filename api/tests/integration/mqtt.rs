@@ -754,3 +754,47 @@ fn a_share_group_splits_the_fleet_between_nodes() {
         "each node took a share: {on_a} on a"
     );
 }
+
+#[test]
+fn the_embedded_broker_takes_only_plugs_that_log_in_with_a_write_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let write = crate::support::create_token(&data, &["--scope", "write"]);
+    let read = crate::support::create_token(&data, &["--scope", "read"]);
+    let limited = crate::support::create_token(&data, &["--scope", "write", "--devices", "plug-"]);
+    let server = Server::start_with_auth(&data, &["--mqtt-listen", &listen]);
+    wait_subscribed(&server);
+    let message =
+        |ts: i64| format!(r#"{{"ts": {ts}, "voltage": 230, "current": 1, "power": 230}}"#);
+    // mosquitto_pub: a real client; it fails when the broker refuses the login.
+    let publish = |login: Option<(&str, &str)>, ts: i64| -> bool {
+        let mut cmd = Command::new("mosquitto_pub");
+        cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .args(["-t", "smartplug/plug-1/telemetry", "-m", &message(ts)]);
+        if let Some((user, password)) = login {
+            cmd.args(["-u", user, "-P", password]);
+        }
+        cmd.output().unwrap().status.success()
+    };
+    assert!(!publish(None, T0_S), "anonymous plug accepted");
+    assert!(!publish(Some(("plug-1", "wdb_nonsense")), T0_S + 1));
+    assert!(
+        !publish(Some(("plug-1", &read)), T0_S + 2),
+        "read token accepted"
+    );
+    assert!(
+        !publish(Some(("plug-1", &limited)), T0_S + 3),
+        "plug-limited token accepted"
+    );
+    assert!(publish(Some(("plug-1", &write)), T0_S + 4));
+    wait_for(Duration::from_secs(20), "the reading is stored", || {
+        count(&server, "SELECT COUNT(*) AS n FROM readings") == 1
+    });
+    let rows = server.sql("SELECT CAST(ts AS BIGINT) AS t FROM readings");
+    assert_eq!(rows[0]["t"], (T0_S + 4) * 1_000_000_000);
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert!(log.contains("MQTT login refused"), "{log}");
+    assert!(!log.contains(read.rsplit('_').next().unwrap()));
+}
