@@ -347,3 +347,38 @@ async fn not_found(uri: axum::http::Uri) -> impl IntoResponse {
     let body = json!({"error": format!("no route for {}", uri.path())});
     (StatusCode::NOT_FOUND, axum::Json(body))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// Every route of [`router`](super::router), with its methods, is in the OpenAPI
+    /// description, and the description holds no route the router lacks.
+    #[test]
+    fn the_openapi_description_lists_exactly_the_routes_of_the_router() {
+        let source = include_str!("lib.rs");
+        let body = &source[source.find("pub fn router(").unwrap_or(0)..];
+        let body = &body[..body.find("\n}\n").unwrap_or(body.len())];
+        let mut routes = BTreeSet::new();
+        for part in body.split(".route(").skip(1) {
+            let path = part.split('"').nth(1).unwrap_or_default().to_owned();
+            let call = &part[..part.find(")\n").unwrap_or(part.len())];
+            for method in ["get", "post", "delete", "put", "patch"] {
+                if call.contains(&format!("{method}(")) {
+                    routes.insert((path.clone(), method.to_owned()));
+                }
+            }
+        }
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap_or_default();
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+            for method in item.as_object().into_iter().flatten().map(|(m, _)| m) {
+                if ["get", "post", "delete", "put", "patch"].contains(&method.as_str()) {
+                    documented.insert((path.clone(), method.clone()));
+                }
+            }
+        }
+        assert!(routes.len() >= 18, "{routes:?}");
+        assert_eq!(routes, documented);
+    }
+}

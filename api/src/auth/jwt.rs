@@ -249,3 +249,111 @@ fn describe(kind: &ErrorKind) -> String {
         other => format!("{other:?}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    use super::*;
+
+    const SECRET: &str = "a-shared-secret-of-at-least-32-bytes!!";
+
+    fn config(dir: &std::path::Path, jwks: bool) -> JwtConfig {
+        let (key_file, jwks_file) = if jwks {
+            let p = dir.join("jwks.json");
+            let k = base64_url(SECRET.as_bytes());
+            let set = json!({"keys": [{"kty": "oct", "kid": "k1", "alg": "HS256", "k": k}]});
+            std::fs::write(&p, set.to_string()).unwrap();
+            (None, Some(p))
+        } else {
+            let p = dir.join("secret");
+            std::fs::write(&p, format!("{SECRET}\n")).unwrap();
+            (Some(p), None)
+        };
+        JwtConfig {
+            algorithm: JwtAlgorithm::Hs256,
+            key_file,
+            jwks_file,
+            audience: "wattdb".into(),
+            issuer: "idp".into(),
+            scope_claim: "scope".into(),
+            devices_claim: "wattdb_devices".into(),
+            leeway_s: 0,
+        }
+    }
+
+    fn base64_url(bytes: &[u8]) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (16 - 8 * i)));
+            for i in 0..=chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    fn token(kid: Option<&str>, claims: serde_json::Value) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = kid.map(str::to_owned);
+        encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn claims() -> serde_json::Value {
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        json!({"sub": "bob", "aud": "wattdb", "iss": "idp", "exp": now + 60, "scope": ["read", "wattdb:write"], "wattdb_devices": "house1-, house2-"})
+    }
+
+    #[test]
+    fn an_hs256_secret_file_or_a_jwks_verifies_and_maps_the_claims() {
+        let dir = tempfile::tempdir().unwrap();
+        for jwks in [false, true] {
+            let v = Verifier::new(&config(dir.path(), jwks)).unwrap();
+            let access = v.verify(&token(Some("k1"), claims())).unwrap();
+            assert!(
+                access.has(Scope::Read) && access.has(Scope::Write) && !access.has(Scope::Admin)
+            );
+            assert_eq!(
+                access.devices.as_deref(),
+                Some(&["house1-".to_owned(), "house2-".to_owned()][..])
+            );
+            assert_eq!(&*access.id, "jwt:bob");
+            let mut expired = claims();
+            expired["exp"] = json!(1);
+            assert!(
+                v.verify(&token(Some("k1"), expired))
+                    .unwrap_err()
+                    .contains("expired")
+            );
+        }
+        let v = Verifier::new(&config(dir.path(), true)).unwrap();
+        assert!(
+            v.verify(&token(Some("k2"), claims()))
+                .unwrap_err()
+                .contains("kid")
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_refused_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), false);
+        std::fs::write(c.key_file.as_ref().unwrap(), "short").unwrap();
+        assert!(Verifier::new(&c).unwrap_err().contains("--jwt-key-file"));
+        c.key_file = None;
+        assert!(Verifier::new(&c).unwrap_err().contains("--jwt-jwks-file"));
+        let mut c = config(dir.path(), false);
+        c.audience.clear();
+        assert!(Verifier::new(&c).unwrap_err().contains("--jwt-audience"));
+    }
+}

@@ -234,6 +234,27 @@ fn every_route_and_kind_of_token_get_the_status_their_scope_and_plugs_allow() {
             }
         }
     }
+    // The live WebSocket, by kind of token.
+    for (kind, token, scope, _) in &kinds {
+        let url = format!("{}/api/v1/live", server.url.replace("http://", "ws://"));
+        let mut req = url.as_str().into_client_request().unwrap();
+        if let Some(t) = token {
+            req.headers_mut()
+                .insert("Authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let status = match tungstenite::connect(req) {
+            Ok((_, resp)) => resp.status().as_u16(),
+            Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("{kind}: {e}"),
+        };
+        let want = match scope {
+            None => 401,
+            Some(Need::Read | Need::Admin) => 101,
+            Some(_) => 403,
+        };
+        assert_eq!(status, want, "{kind} token, live");
+    }
+
     // Writes of other plugs by a plug-limited token are refused whole.
     let a = call(
         &server,
