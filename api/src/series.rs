@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::{Float64Type, Int64Type};
+use arrow::datatypes::{Float64Type, Int64Type, TimestampNanosecondType};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -23,6 +23,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use wattdb_engine::rollup::Resolution;
+use wattdb_engine::rollups::tier_of;
 
 use crate::AppState;
 use crate::dashboard::rfc3339;
@@ -357,30 +358,59 @@ pub async fn series(
             .and_modify(|c| c.merge(&cell))
             .or_insert(cell);
     };
-    // Plain scans (the page index finds the plugs' rows), aggregated here: cheaper than
-    // planning and running a grouped aggregate for the few thousand rows of a chart.
-    // One scan of each part serves every field.
+    // The rollup rows come straight from the files (the page index finds the plugs'
+    // rows) and are aggregated here: cheaper than planning and running a grouped
+    // aggregate for the few thousand rows of a chart.
     if let Some(r) = table
         && split > first_bucket
     {
-        let sql = rollup_rows(r, &fields, &in_list, first_bucket, split);
-        for b in run(&app, &sql).await? {
+        let mut columns = vec!["device_id", "bucket", "count", "last_ts", "energy_wh"];
+        let value_columns: Vec<Option<[String; 4]>> = fields
+            .iter()
+            .map(|f| {
+                (*f != "energy_wh")
+                    .then(|| ["sum", "min", "max", "last"].map(|a| format!("{f}_{a}")))
+            })
+            .collect();
+        for c in value_columns.iter().flatten().flatten() {
+            if !columns.contains(&c.as_str()) {
+                columns.push(c);
+            }
+        }
+        let deadline = app.query.deadline();
+        let rows = tokio::time::timeout(
+            deadline,
+            app.query
+                .plug_rows(tier_of(r), &devices, first_bucket, split, &columns),
+        )
+        .await
+        .map_err(|_| ApiError::Query(wattdb_query::Error::Deadline(deadline)))??;
+        if let Some(b) = rows {
+            let col = |name: &str| columns.iter().position(|c| *c == name).unwrap_or(0);
             let dev = b.column(0).as_string::<i32>();
-            let t = b.column(1).as_primitive::<Int64Type>();
+            let t = b.column(1).as_primitive::<TimestampNanosecondType>();
             let n = b.column(2).as_primitive::<Int64Type>();
-            let last_ts = b.column(3).as_primitive::<Int64Type>();
+            let last_ts = b.column(3).as_primitive::<TimestampNanosecondType>();
             let f = |i: usize| b.column(i).as_primitive::<Float64Type>();
             let energy = f(4);
-            for k in 0..fields.len() {
-                let (sum, min, max, last) =
-                    (f(5 + 4 * k), f(6 + 4 * k), f(7 + 4 * k), f(8 + 4 * k));
+            for (k, names) in value_columns.iter().enumerate() {
+                let values = names
+                    .as_ref()
+                    .map(|[s, lo, hi, last]| (f(col(s)), f(col(lo)), f(col(hi)), f(col(last))));
                 for i in 0..b.num_rows() {
+                    let (sum, min, max, last) = match &values {
+                        Some((s, lo, hi, last)) => {
+                            (s.value(i), lo.value(i), hi.value(i), last.value(i))
+                        }
+                        // Energy: only `energy` counts.
+                        None => (0.0, 0.0, 0.0, 0.0),
+                    };
                     let cell = Cell {
                         n: n.value(i),
-                        sum: sum.value(i),
-                        min: min.value(i),
-                        max: max.value(i),
-                        last: last.value(i),
+                        sum,
+                        min,
+                        max,
+                        last,
                         last_ts: last_ts.value(i),
                         energy: energy.value(i),
                     };
@@ -531,41 +561,6 @@ fn filled(
             out
         }
     }
-}
-
-/// The value columns of `field` in a rollup table: sum, min, max, last.
-fn rollup_columns(field: &str) -> [String; 4] {
-    if field == "energy_wh" {
-        // Energy comes from `energy_wh`, read once for every field.
-        std::array::from_fn(|_| "CAST(0.0 AS DOUBLE)".to_owned())
-    } else {
-        ["sum", "min", "max", "last"].map(|a| format!("{field}_{a}"))
-    }
-}
-
-/// The rollup rows of the plugs with buckets in `[from, split)` (both aligned to the
-/// table's buckets): plug, bucket, count, time of the last reading, energy, then per
-/// field its sum, min, max and last value.
-fn rollup_rows(r: Resolution, fields: &[&str], devices: &str, from: i64, split: i64) -> String {
-    // Aliased: a field may be asked for twice, and energy repeats a constant.
-    let values: Vec<String> = fields
-        .iter()
-        .enumerate()
-        .flat_map(|(k, f)| {
-            rollup_columns(f)
-                .into_iter()
-                .zip(["s", "lo", "hi", "last"])
-                .map(move |(col, a)| format!("{col} AS {a}{k}"))
-        })
-        .collect();
-    format!(
-        "SELECT device_id, CAST(bucket AS BIGINT) AS t, count AS n, \
-         CAST(last_ts AS BIGINT) AS lt, energy_wh AS e, {} \
-         FROM readings_{name} WHERE device_id IN ({devices}) \
-         AND bucket >= to_timestamp_nanos({from}) AND bucket < to_timestamp_nanos({split})",
-        values.join(", "),
-        name = r.name(),
-    )
 }
 
 /// The raw readings of the plugs with `ts` in `[from, to)`: plug, time, power, then

@@ -9,6 +9,7 @@
 //! nothing of HTTP: the `api` crate turns the record-batch stream into JSON or CSV.
 //! Every query runs under a memory limit and a deadline.
 
+mod direct;
 mod error;
 mod readings;
 mod scoped;
@@ -68,6 +69,8 @@ pub struct QueryEngine {
     config: QueryConfig,
     /// Shared by every query's session; each query has a memory pool of its own.
     metadata: Arc<FileMetadataCache>,
+    /// Footers of the files [`QueryEngine::plug_rows`] read.
+    footers: Arc<direct::FooterCache>,
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -86,7 +89,40 @@ impl QueryEngine {
             engine,
             config,
             metadata,
+            footers: Arc::default(),
         }
+    }
+
+    /// The rows of a few plugs with the tier's time column in `[from, to)`, straight
+    /// from the tier's Parquet files (persisted rows only, no query planned), one per
+    /// plug and time as the table has them. `columns` must start with `device_id` and
+    /// the time column. For dashboards: a chart's rollup rows cost a page or two per
+    /// file.
+    pub async fn plug_rows(
+        &self,
+        tier: Tier,
+        devices: &[String],
+        from: i64,
+        to: i64,
+        columns: &[&str],
+    ) -> Result<Option<RecordBatch>> {
+        let mut devices = devices.to_vec();
+        devices.sort_unstable();
+        devices.dedup();
+        let manifest = self.engine.manifest();
+        direct::plug_rows(
+            self.engine.store().reader(),
+            &self.footers,
+            &manifest.files,
+            direct::Wanted {
+                tier,
+                devices: &devices,
+                from,
+                to,
+                columns,
+            },
+        )
+        .await
     }
 
     pub fn config(&self) -> &QueryConfig {

@@ -309,3 +309,101 @@ async fn a_prefix_limited_session_sees_no_other_plug_in_any_table() {
     // Unlimited, every plug.
     assert_eq!(count(&q, "SELECT count(*) FROM readings").await, 13);
 }
+
+#[tokio::test]
+async fn plug_rows_equal_the_rollup_table_across_rewritten_buckets() {
+    let s = 1_000_000_000;
+    let mut rows = Vec::new();
+    for id in ["a", "b", "c"] {
+        for k in 0..150 {
+            rows.push((id, k * s, 10.0 + k as f64));
+        }
+    }
+    let (_d, engine) = engine_with(&rows).await;
+    engine.persist().await.unwrap();
+    // Later readings of the open minute, a rewrite of a persisted one, and more.
+    let mut b = ReadingBatch::new();
+    for (ts, power) in [
+        (150 * s, 1.0),
+        (151 * s, 2.0),
+        (30 * s, 99.0),
+        (200 * s, 3.0),
+    ] {
+        b.push(ReadingRef {
+            device_id: "b",
+            ts,
+            voltage: 230.0,
+            current: 0.1,
+            power,
+            energy: None,
+            relay_on: None,
+            location: None,
+            device_type: None,
+        });
+    }
+    engine.write(b).await.unwrap();
+    engine.persist().await.unwrap();
+    let q = QueryEngine::new(engine, QueryConfig::default());
+    let columns = ["device_id", "bucket", "count", "power_sum", "power_last"];
+    for devices in [
+        vec!["b".to_owned()],
+        vec!["c".to_owned(), "a".to_owned()],
+        vec!["zz".to_owned()],
+    ] {
+        for (from, to) in [(0, 3600 * s), (60 * s, 180 * s)] {
+            let got = q
+                .plug_rows(Tier::Minute, &devices, from, to, &columns)
+                .await
+                .unwrap();
+            let mut got_rows: Vec<(String, i64, i64, f64, f64)> = Vec::new();
+            if let Some(b) = got {
+                for i in 0..b.num_rows() {
+                    got_rows.push((
+                        b.column(0).as_string::<i32>().value(i).to_owned(),
+                        b.column(1)
+                            .as_primitive::<arrow::datatypes::TimestampNanosecondType>()
+                            .value(i),
+                        b.column(2).as_primitive::<Int64Type>().value(i),
+                        b.column(3)
+                            .as_primitive::<arrow::datatypes::Float64Type>()
+                            .value(i),
+                        b.column(4)
+                            .as_primitive::<arrow::datatypes::Float64Type>()
+                            .value(i),
+                    ));
+                }
+            }
+            got_rows.sort_by(|x, y| (&x.0, x.1).cmp(&(&y.0, y.1)));
+            let list: Vec<String> = devices.iter().map(|d| format!("'{d}'")).collect();
+            let sql = format!(
+                "SELECT device_id, CAST(bucket AS BIGINT) AS t, count, power_sum, power_last FROM readings_1m \
+                 WHERE device_id IN ({}) AND bucket >= to_timestamp_nanos({from}) \
+                 AND bucket < to_timestamp_nanos({to}) ORDER BY device_id, t",
+                list.join(", ")
+            );
+            let batches: Vec<RecordBatch> = q.sql(&sql).await.unwrap().try_collect().await.unwrap();
+            let mut want = Vec::new();
+            for b in &batches {
+                for i in 0..b.num_rows() {
+                    want.push((
+                        b.column(0).as_string::<i32>().value(i).to_owned(),
+                        b.column(1).as_primitive::<Int64Type>().value(i),
+                        b.column(2).as_primitive::<Int64Type>().value(i),
+                        b.column(3)
+                            .as_primitive::<arrow::datatypes::Float64Type>()
+                            .value(i),
+                        b.column(4)
+                            .as_primitive::<arrow::datatypes::Float64Type>()
+                            .value(i),
+                    ));
+                }
+            }
+            assert_eq!(got_rows, want, "{devices:?} {from}..{to}");
+            if devices[0] == "b" && from == 0 {
+                // The rewrite and the readings of the second cycle are in.
+                assert_eq!(want.len(), 4, "{want:?}");
+                assert_eq!(want[2].2, 32, "minute 2: 30 first-cycle + 2 later readings");
+            }
+        }
+    }
+}
