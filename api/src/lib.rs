@@ -32,7 +32,6 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use serde_json::json;
-use tokio::net::TcpListener;
 use tower_http::decompression::RequestDecompressionLayer;
 use wattdb_engine::Engine;
 use wattdb_query::QueryEngine;
@@ -178,26 +177,18 @@ pub fn router(state: AppState, config: &ApiConfig) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then lets in-flight
-/// requests finish.
-pub async fn serve(
-    listener: TcpListener,
+/// Serves the API on `listener` (a [`tokio::net::TcpListener`], or a [`tls::TlsListener`] for
+/// HTTPS) until `shutdown` completes, then lets in-flight requests finish.
+pub async fn serve<L>(
+    listener: L,
     state: AppState,
     config: &ApiConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state, config))
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// [`serve`] over HTTPS.
-pub async fn serve_tls(
-    listener: tls::TlsListener,
-    state: AppState,
-    config: &ApiConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     axum::serve(listener, router(state, config))
         .with_graceful_shutdown(shutdown)
         .await

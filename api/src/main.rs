@@ -853,7 +853,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(config) => {
             let listener = wattdb_api::tls::TlsListener::new(listener, config)
                 .context("cannot start the TLS listener")?;
-            wattdb_api::serve_tls(listener, state, &api, stopped()).await
+            wattdb_api::serve(listener, state, &api, stopped()).await
         }
         None => wattdb_api::serve(listener, state, &api, stopped()).await,
     }

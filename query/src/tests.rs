@@ -322,26 +322,14 @@ async fn plug_rows_equal_the_rollup_table_across_rewritten_buckets() {
     let (_d, engine) = engine_with(&rows).await;
     engine.persist().await.unwrap();
     // Later readings of the open minute, a rewrite of a persisted one, and more.
-    let mut b = ReadingBatch::new();
     for (ts, power) in [
         (150 * s, 1.0),
         (151 * s, 2.0),
         (30 * s, 99.0),
         (200 * s, 3.0),
     ] {
-        b.push(ReadingRef {
-            device_id: "b",
-            ts,
-            voltage: 230.0,
-            current: 0.1,
-            power,
-            energy: None,
-            relay_on: None,
-            location: None,
-            device_type: None,
-        });
+        engine.write(reading("b", ts, power)).await.unwrap();
     }
-    engine.write(b).await.unwrap();
     engine.persist().await.unwrap();
     let q = QueryEngine::new(engine, QueryConfig::default());
     let columns = ["device_id", "bucket", "count", "power_sum", "power_last"];

@@ -50,6 +50,10 @@ fn call(server: &Server, method: &str, path: &str, token: Option<&str>, body: &s
     }
 }
 
+fn get_as(server: &Server, token: &str, path: &str) -> Answer {
+    call(server, "GET", path, Some(token), "")
+}
+
 fn sql_as(server: &Server, token: &str, sql: &str) -> Vec<Value> {
     let a = call(
         server,
@@ -117,14 +121,8 @@ fn every_route_and_kind_of_token_get_the_status_their_scope_and_plugs_allow() {
         String::from_utf8_lossy(&out.stderr)
     );
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(
-        call(&server, "GET", "/api/v1/latest", Some(&late), "").status,
-        200
-    );
-    assert_eq!(
-        call(&server, "GET", "/api/v1/latest", Some(&revoked), "").status,
-        401
-    );
+    assert_eq!(get_as(&server, &late, "/api/v1/latest").status, 200);
+    assert_eq!(get_as(&server, &revoked, "/api/v1/latest").status, 401);
     // By now the expiring token has expired.
     std::thread::sleep(Duration::from_millis(200));
 
@@ -359,27 +357,23 @@ fn a_plug_limited_token_never_sees_another_plugs_data_in_any_route() {
 
     // Series: its plugs only.
     let window = "from=2023-11-14T22:13:00Z&to=2023-11-14T22:17:00Z&step=1m";
-    let a = call(
+    let a = get_as(
         &server,
-        "GET",
+        &house,
         &format!("/api/v1/series?device=house1-a&{window}"),
-        Some(&house),
-        "",
     );
     assert_eq!(a.status, 200, "{}", a.body);
-    let a = call(
+    let a = get_as(
         &server,
-        "GET",
+        &house,
         &format!("/api/v1/series?device=house1-a,house2-a&{window}"),
-        Some(&house),
-        "",
     );
     assert_eq!(a.status, 403, "{}", a.body);
     assert!(a.body.contains("house2-a"));
 
     // Latest and devices: filtered, or 403 when another plug is named.
     for route in ["/api/v1/latest", "/api/v1/devices"] {
-        let a = call(&server, "GET", route, Some(&house), "");
+        let a = get_as(&server, &house, route);
         assert_eq!(a.status, 200);
         let rows: Vec<Value> = serde_json::from_str(&a.body).unwrap();
         assert_eq!(
@@ -387,35 +381,21 @@ fn a_plug_limited_token_never_sees_another_plugs_data_in_any_route() {
             mine.iter().map(|s| s.to_string()).collect(),
             "{route}"
         );
-        let a = call(
-            &server,
-            "GET",
-            &format!("{route}?device=house10-a"),
-            Some(&house),
-            "",
-        );
+        let a = get_as(&server, &house, &format!("{route}?device=house10-a"));
         assert_eq!(a.status, 403, "{route}: {}", a.body);
-        let a = call(
-            &server,
-            "GET",
-            &format!("{route}?prefix=house"),
-            Some(&house),
-            "",
-        );
+        let a = get_as(&server, &house, &format!("{route}?prefix=house"));
         let rows: Vec<Value> = serde_json::from_str(&a.body).unwrap();
         assert_eq!(rows.len(), 2, "{route}?prefix=house");
     }
 
     // Exports of every resolution.
     for res in ["raw", "1m", "1h", "1d"] {
-        let a = call(
+        let a = get_as(
             &server,
-            "GET",
+            &house,
             &format!(
                 "/api/v1/export?from=2023-11-14T00:00:00Z&to=2023-11-16T00:00:00Z&resolution={res}&format=csv"
             ),
-            Some(&house),
-            "",
         );
         assert_eq!(a.status, 200, "{}", a.body);
         let plugs: BTreeSet<&str> = a
@@ -426,12 +406,10 @@ fn a_plug_limited_token_never_sees_another_plugs_data_in_any_route() {
             .collect();
         assert_eq!(plugs, mine, "export {res}");
     }
-    let a = call(
+    let a = get_as(
         &server,
-        "GET",
+        &house,
         "/api/v1/export?from=2023-11-14T00:00:00Z&device=house2-a&format=csv",
-        Some(&house),
-        "",
     );
     assert_eq!(a.status, 403);
 
@@ -496,12 +474,9 @@ fn tokens_are_managed_by_the_admin_routes_and_listed_without_secrets() {
     assert_eq!(created["devices"], json!(["house1-"]));
     assert!(created["expires"].is_string());
     // Usable at once.
-    assert_eq!(
-        call(&server, "GET", "/api/v1/latest", Some(&token), "").status,
-        200
-    );
+    assert_eq!(get_as(&server, &token, "/api/v1/latest").status, 200);
     // Listed (here and by the CLI) without any secret.
-    let a = call(&server, "GET", "/api/v1/admin/tokens", Some(&admin), "");
+    let a = get_as(&server, &admin, "/api/v1/admin/tokens");
     assert!(
         !a.body.contains(&token) && a.body.contains("dashboard"),
         "{}",
@@ -545,10 +520,7 @@ fn tokens_are_managed_by_the_admin_routes_and_listed_without_secrets() {
         "",
     );
     assert_eq!(a.status, 204, "{}", a.body);
-    assert_eq!(
-        call(&server, "GET", "/api/v1/latest", Some(&token), "").status,
-        401
-    );
+    assert_eq!(get_as(&server, &token, "/api/v1/latest").status, 401);
     let a = call(
         &server,
         "DELETE",
@@ -597,7 +569,7 @@ fn limits_answer_413_429_and_422() {
     // The burst is 5 requests; within the same second the next ones are refused.
     std::thread::sleep(Duration::from_secs(2));
     let statuses: Vec<Answer> = (0..8)
-        .map(|_| call(&server, "GET", "/api/v1/latest", Some(&admin), ""))
+        .map(|_| get_as(&server, &admin, "/api/v1/latest"))
         .collect();
     let limited: Vec<&Answer> = statuses.iter().filter(|a| a.status == 429).collect();
     assert!(
@@ -611,14 +583,8 @@ fn limits_answer_413_429_and_422() {
     // Another token has its own budget; after a while this one works again.
     let other = create_token(&data, &["--scope", "read"]);
     std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(
-        call(&server, "GET", "/api/v1/latest", Some(&other), "").status,
-        200
-    );
-    assert_eq!(
-        call(&server, "GET", "/api/v1/latest", Some(&admin), "").status,
-        200
-    );
+    assert_eq!(get_as(&server, &other, "/api/v1/latest").status, 200);
+    assert_eq!(get_as(&server, &admin, "/api/v1/latest").status, 200);
 }
 
 #[test]
@@ -993,15 +959,9 @@ fn jwts_are_checked_and_every_forged_or_stale_one_is_refused() {
         &lp_line("house1-a", T0, 1.0),
     );
     assert_eq!(a.status, 403, "{}", a.body);
-    assert_eq!(
-        call(&server, "GET", "/metrics", Some(&valid), "").status,
-        403
-    );
+    assert_eq!(get_as(&server, &valid, "/metrics").status, 403);
     let fleet = rs(without("wattdb_devices"));
-    assert_eq!(
-        call(&server, "GET", "/metrics", Some(&fleet), "").status,
-        200
-    );
+    assert_eq!(get_as(&server, &fleet, "/metrics").status, 200);
 
     let unsigned = format!(
         "{}.{}.",
