@@ -1,5 +1,5 @@
 //! The engine's write path: buffer insert, and concurrent writers through the queue,
-//! group-committed WAL and buffer (rows/s).
+//! group-committed WAL and buffer (rows/s); and the WAL replay of a start (rows/s).
 //!
 //! `cargo bench -p wattdb-engine --bench write_path`
 
@@ -119,5 +119,54 @@ fn bench_engine(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_buffer, bench_engine);
+/// Opening an engine whose WAL holds 2 M readings of 10,000 plugs (none persisted):
+/// reading, checking and decoding the WAL, and rebuilding the buffer.
+fn bench_replay(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir_in(
+        std::env::var("WATTDB_BENCH_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| std::env::temp_dir()),
+    )
+    .unwrap();
+    let config = || EngineConfig {
+        data_dir: dir.path().to_owned(),
+        persist_interval: Duration::from_secs(3600),
+        ..EngineConfig::default()
+    };
+    let rows = 5000;
+    let batches = 400;
+    {
+        let engine = Engine::open(config()).unwrap();
+        runtime.block_on(async {
+            for k in 0..batches {
+                engine.write(readings(rows, k * rows)).await.unwrap();
+            }
+        });
+        engine.shutdown();
+    }
+    let mut g = c.benchmark_group("wal_replay");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements((rows * batches) as u64));
+    g.bench_function("2M_readings_10k_plugs", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                let engine = Engine::open(config()).unwrap();
+                total += start.elapsed();
+                assert_eq!(engine.buffer_usage().0, (rows * batches) as u64);
+                engine.shutdown();
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_buffer, bench_engine, bench_replay);
 criterion_main!(benches);

@@ -226,6 +226,9 @@ pub(crate) struct Shared {
     pub stats: EngineStats,
     /// Acknowledged batches, for live subscribers ([`Engine::subscribe`]).
     pub live: tokio::sync::broadcast::Sender<Arc<ReadingBatch>>,
+    /// What the rollups of each persisted plug continue from, as of `view.manifest`.
+    /// Lock order: `buffer`, `view`, `tails`.
+    pub tails: RwLock<rollups::Tails>,
 }
 
 /// Acknowledged batches a live subscriber may fall behind by before it loses the
@@ -302,6 +305,8 @@ const APPLY_QUEUE_GROUPS: usize = 4;
 
 /// Replayed records are gathered into record batches of about this many rows.
 const REPLAY_CHUNK_ROWS: usize = 64 * 1024;
+/// Replayed chunks that may wait for the buffer insert.
+const REPLAY_QUEUE_CHUNKS: usize = 4;
 
 impl Engine {
     /// Opens the data directory, replays the WAL into the buffer and starts the WAL
@@ -344,43 +349,64 @@ impl Engine {
         let start = Instant::now();
         let mut buffer = Buffer::new();
         buffer.seed_latest(latest);
-        let mut pending: Vec<ReadingBatch> = Vec::new();
-        let mut pending_rows = 0;
-        let mut pending_segment: Option<u64> = None;
-        let mut skipped = 0u64;
         let wal_config = WalConfig {
             dir: config.data_dir.join("wal"),
             segment_size: config.wal_segment_size,
             faults: config.wal_faults.clone(),
             min_next_seq: persisted_seq.map_or(0, |s| s + 1),
         };
-        let mut last = None;
-        let (wal, recovered) = wal::open(&wal_config, |r| {
-            let pos = WalPosition {
-                segment: r.segment,
-                seq: r.seq,
-            };
-            last = Some(pos);
-            if persisted_seq.is_some_and(|p| r.seq <= p) {
-                // Already in the files of the manifest.
-                skipped += r.batch.len() as u64;
-                return;
+        // Two threads: this one reads, checks and decodes the WAL, the other inserts
+        // the records into the buffer, in order, a chunk at a time (at most
+        // REPLAY_QUEUE_CHUNKS chunks wait between them).
+        let (chunk_tx, chunk_rx) =
+            crossbeam_channel::bounded::<(Vec<ReadingBatch>, u64, WalPosition)>(
+                REPLAY_QUEUE_CHUNKS,
+            );
+        let (wal, recovered, skipped) = std::thread::scope(|s| {
+            let inserter = s.spawn(|| {
+                for (chunk, min_segment, pos) in chunk_rx {
+                    buffer.insert(&chunk.iter().collect::<Vec<_>>(), min_segment, pos);
+                }
+            });
+            let mut pending: Vec<ReadingBatch> = Vec::new();
+            let mut pending_rows = 0;
+            let mut pending_segment: Option<u64> = None;
+            let mut skipped = 0u64;
+            let mut last = None;
+            let opened = wal::open(&wal_config, |r| {
+                let pos = WalPosition {
+                    segment: r.segment,
+                    seq: r.seq,
+                };
+                last = Some(pos);
+                if persisted_seq.is_some_and(|p| r.seq <= p) {
+                    // Already in the files of the manifest.
+                    skipped += r.batch.len() as u64;
+                    return;
+                }
+                pending_segment.get_or_insert(r.segment);
+                pending_rows += r.batch.len();
+                pending.push(r.batch);
+                if pending_rows >= REPLAY_CHUNK_ROWS {
+                    let min_segment = pending_segment.take().unwrap_or(r.segment);
+                    // The inserter stops only if it panicked; join reports that.
+                    let _ = chunk_tx.send((std::mem::take(&mut pending), min_segment, pos));
+                    pending_rows = 0;
+                }
+            });
+            if opened.is_ok()
+                && let Some(pos) = last
+            {
+                let min_segment = pending_segment.unwrap_or(pos.segment);
+                let _ = chunk_tx.send((pending, min_segment, pos));
             }
-            pending_segment.get_or_insert(r.segment);
-            pending_rows += r.batch.len();
-            pending.push(r.batch);
-            if pending_rows >= REPLAY_CHUNK_ROWS {
-                let min_segment = pending_segment.take().unwrap_or(r.segment);
-                buffer.insert(&pending.iter().collect::<Vec<_>>(), min_segment, pos);
-                pending.clear();
-                pending_rows = 0;
+            drop(chunk_tx);
+            if inserter.join().is_err() {
+                return Err(Error::Persist("WAL replay into the buffer panicked".into()));
             }
+            let (wal, recovered) = opened?;
+            Ok((wal, recovered, skipped))
         })?;
-        if let Some(pos) = last {
-            let min_segment = pending_segment.unwrap_or(pos.segment);
-            buffer.insert(&pending.iter().collect::<Vec<_>>(), min_segment, pos);
-        }
-        drop(pending);
         let elapsed = start.elapsed();
         info!(
             rows = recovered.rows - skipped,
@@ -400,6 +426,7 @@ impl Engine {
             frozen_bytes: AtomicUsize::new(0),
             poisoned: AtomicBool::new(false),
             live: tokio::sync::broadcast::channel(LIVE_BACKLOG_BATCHES).0,
+            tails: RwLock::new(rollups::Tails::new()),
             stats: EngineStats {
                 last_persisted_ts: AtomicI64::new(i64::MIN),
                 ..Default::default()
@@ -558,6 +585,129 @@ impl Engine {
         }
     }
 
+    /// The rows of the rollup table `tier` that the readings not yet persisted add or
+    /// change, for the plugs in `devices` (an inclusive id range; all when `None`) and
+    /// buckets up to `to` (all when `None`): the rows the next persist cycle will write,
+    /// computed as it will compute them, but now. They replace the files' rows of the
+    /// same plug and bucket, so that a rollup table is current to the last acknowledged
+    /// reading. Returned with the manifest whose files they complete: the rows hold no
+    /// reading that a later manifest holds in files, and the two must go together.
+    ///
+    /// The cost is that of the persist cycle's rollups for the plugs asked about: for a
+    /// plug already persisted since the start with its new readings in order, its
+    /// tail is extended in memory; otherwise (the first cycle after a start, late or
+    /// rewritten readings) its rows are recomputed from the hour of its oldest new
+    /// reading, which reads that hour's raw files.
+    pub async fn live_rollups(
+        &self,
+        tier: Tier,
+        devices: Option<(&str, &str)>,
+        to: Option<i64>,
+    ) -> Result<(Arc<Manifest>, Option<RecordBatch>)> {
+        let res = match tier {
+            Tier::Raw => return Ok((self.manifest(), None)),
+            Tier::Minute => rollup::Resolution::Minute,
+            Tier::Hour => rollup::Resolution::Hour,
+            Tier::Day => rollup::Resolution::Day,
+        };
+        let (manifest, pending) = self.unpersisted(res, devices, to)?;
+        let Some((sorted, tails)) = pending else {
+            return Ok((manifest, None));
+        };
+        let config = &self.inner.config;
+        let now = config.clock.now();
+        let mut rows = rollups::preview(
+            &config.rollups,
+            &tails,
+            &self.inner.store,
+            &manifest,
+            &sorted,
+            now,
+            config.retention.cutoff(Tier::Raw, now),
+        )
+        .await?;
+        let rows = std::mem::take(&mut rows[rollups::index(res)]);
+        if rows.is_empty() {
+            return Ok((manifest, None));
+        }
+        Ok((manifest, Some(rollups::rows_to_batch(&rows)?)))
+    }
+
+    /// For [`Engine::live_rollups`]: the manifest, and the rows not yet persisted of
+    /// the plugs in `devices` (sorted, one per key) with the plugs' tails, all as of one
+    /// moment; no rows when none can change a bucket up to `to`.
+    #[allow(clippy::type_complexity)]
+    fn unpersisted(
+        &self,
+        res: rollup::Resolution,
+        devices: Option<(&str, &str)>,
+        to: Option<i64>,
+    ) -> Result<(Arc<Manifest>, Option<(RecordBatch, rollups::Tails)>)> {
+        let shared = &self.inner.shared;
+        // One consistent state: the rows not yet persisted, the manifest and the tails
+        // that go with it (lock order: buffer, view, tails).
+        let buffer = shared.buffer.read();
+        let oldest = buffer.time_range().map(|(lo, _)| lo);
+        let view = shared.view.read();
+        let oldest = match (oldest, view.frozen.as_ref().map(|f| f.min_ts)) {
+            (Some(b), Some(f)) => b.min(f),
+            (b, f) => match b.or(f) {
+                Some(t) => t,
+                None => return Ok((Arc::clone(&view.manifest), None)),
+            },
+        };
+        // The earliest bucket a cycle can rewrite: a recomputation starts at the hour.
+        let first = res.bucket_start(rollup::Resolution::Hour.bucket_start(oldest));
+        if to.is_some_and(|t| t < first) {
+            return Ok((Arc::clone(&view.manifest), None));
+        }
+        let mut inputs: Vec<(u64, RecordBatch)> = Vec::new();
+        let schema = readings_schema();
+        let frozen = view.frozen.as_ref().map(|f| f.batches.clone());
+        let buffered = buffer.snapshot(None, None);
+        let manifest = Arc::clone(&view.manifest);
+        let tails = shared.tails.read();
+        drop(view);
+        drop(buffer);
+        for (rank, batches) in [(0, frozen.unwrap_or_default()), (1, buffered)] {
+            let batches: Vec<RecordBatch> = match devices {
+                Some((lo, hi)) => batches
+                    .iter()
+                    .map(|b| in_device_range(b, lo, hi))
+                    .collect::<Result<_>>()?,
+                None => batches,
+            };
+            if batches.iter().any(|b| b.num_rows() > 0) {
+                let rows = arrow::compute::concat_batches(&schema, &batches)
+                    .map_err(wattdb_storage::files::EncodeError::from)?;
+                inputs.push((rank, rows));
+            }
+        }
+        if inputs.is_empty() {
+            return Ok((manifest, None));
+        }
+        let sorted = wattdb_storage::files::merge_newest(&schema, &inputs, schema::col::TS)?;
+        drop(inputs);
+        // The tails of these plugs only: the others' are not needed.
+        let ids = sorted
+            .column_by_name(schema::col::DEVICE_ID)
+            .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+            .ok_or(wattdb_storage::files::EncodeError::Column(
+                schema::col::DEVICE_ID,
+            ))?;
+        let mut theirs = rollups::Tails::new();
+        for i in 0..arrow::array::Array::len(ids) {
+            let id = ids.value(i);
+            if (i == 0 || ids.value(i - 1) != id)
+                && let Some((k, v)) = tails.get_key_value(id)
+            {
+                theirs.insert(Arc::clone(k), v.clone());
+            }
+        }
+        drop(tails);
+        Ok((manifest, Some((sorted, theirs))))
+    }
+
     /// The object store holding the Parquet files.
     pub fn store(&self) -> &Store {
         &self.inner.store
@@ -647,6 +797,22 @@ impl Engine {
             let _ = t.join();
         }
     }
+}
+
+/// The rows of `batch` (readings) whose plug id is in `lo..=hi`.
+fn in_device_range(batch: &RecordBatch, lo: &str, hi: &str) -> Result<RecordBatch> {
+    let ids = batch
+        .column_by_name(schema::col::DEVICE_ID)
+        .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+        .ok_or(wattdb_storage::files::EncodeError::Column(
+            schema::col::DEVICE_ID,
+        ))?;
+    let keep: arrow::array::BooleanArray = ids
+        .iter()
+        .map(|id| id.map(|id| id >= lo && id <= hi))
+        .collect();
+    Ok(arrow::compute::filter_record_batch(batch, &keep)
+        .map_err(wattdb_storage::files::EncodeError::from)?)
 }
 
 #[cfg(test)]

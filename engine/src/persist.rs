@@ -122,7 +122,7 @@ pub(crate) fn run(args: PersisterArgs) {
         runtime,
     } = args;
     let mut compactor = Compactor::new(compaction);
-    let mut rollups = Rollups::new(rollups);
+    let rollups = Rollups::new(rollups);
     let mut expire_waiters: Vec<oneshot::Sender<Result<RetentionReport>>> = Vec::new();
     let mut next_expiry = Instant::now();
     let mut compact_waiters: Vec<oneshot::Sender<Result<Vec<CompactionReport>>>> = Vec::new();
@@ -194,7 +194,7 @@ pub(crate) fn run(args: PersisterArgs) {
             now: now_ns,
             raw_cutoff: retention.cutoff(Tier::Raw, now_ns),
         };
-        let result = runtime.block_on(persist_all(&ctx, &mut rollups, &wal_dir));
+        let result = runtime.block_on(persist_all(&ctx, &rollups, &wal_dir));
         shared.stats.persist_duration.record(started.elapsed());
         match result {
             Ok(report) => {
@@ -253,7 +253,7 @@ struct Cycle<'a> {
 /// buffer now.
 async fn persist_all(
     ctx: &Cycle<'_>,
-    rollups: &mut Rollups,
+    rollups: &Rollups,
     wal_dir: &std::path::Path,
 ) -> Result<PersistReport> {
     let shared = ctx.shared;
@@ -286,9 +286,11 @@ fn freeze(shared: &Shared) -> Option<Arc<Frozen>> {
     Some(frozen)
 }
 
+// The tails' read lock is held across the rollup uploads; see below.
+#[allow(clippy::await_holding_lock)]
 async fn persist_frozen(
     ctx: &Cycle<'_>,
-    rollups: &mut Rollups,
+    rollups: &Rollups,
     frozen: &Arc<Frozen>,
 ) -> Result<PersistReport> {
     let Cycle {
@@ -308,10 +310,23 @@ async fn persist_frozen(
         store,
         next_id: &mut next_id,
         faults,
+        keep: false,
     };
-    let mut update = rollups
-        .update(&mut uploads, &base, &sorted, ctx.now, ctx.raw_cutoff)
-        .await?;
+    // Only this thread changes the tails, and only below, after this read ends:
+    // holding it across the uploads blocks no one (queries only read them).
+    let mut update = {
+        let tails = shared.tails.read();
+        rollups
+            .update(
+                &tails,
+                &mut uploads,
+                &base,
+                &sorted,
+                ctx.now,
+                ctx.raw_cutoff,
+            )
+            .await?
+    };
     tracing::debug!(
         sort_ms,
         rollup_ms = t.elapsed().as_millis() as u64,
@@ -329,10 +344,11 @@ async fn persist_frozen(
         f.check_commit()?;
     }
     m.commit(store).await?;
-    rollups.apply(&mut update);
     let version = m.version;
     {
+        // The tails change with the manifest they belong to (lock order: view, tails).
         let mut view = shared.view.write();
+        Rollups::apply(&mut shared.tails.write(), &mut update);
         view.manifest = Arc::new(m);
         view.frozen = None;
     }

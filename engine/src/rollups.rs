@@ -103,7 +103,7 @@ pub struct Row {
 
 /// What the engine keeps of a plug to extend its rollups with newer readings.
 #[derive(Debug, Clone)]
-struct Tail {
+pub(crate) struct Tail {
     /// The plug's newest persisted reading.
     last: Sample,
     /// Its newest persisted counter value.
@@ -112,11 +112,15 @@ struct Tail {
     open: [Row; 3],
 }
 
-/// The rollup state of the engine: the tails of the plugs seen since the start.
+/// The tails of the plugs persisted since the start. They live in the engine's shared
+/// state, next to the manifest they belong to, so that queries can extend them too
+/// ([`preview`]).
+pub(crate) type Tails = HashMap<Arc<str>, Tail>;
+
+/// Computes the rollup rows of persist cycles.
 #[derive(Debug, Default)]
 pub(crate) struct Rollups {
     settings: RollupSettings,
-    tails: HashMap<Arc<str>, Tail>,
 }
 
 /// The rollup files of one persist cycle, and the tails to keep once it is committed.
@@ -131,30 +135,32 @@ pub(crate) struct Update {
     /// Frozen readings too late to be rolled up.
     pub too_late: u64,
     tails: Vec<(Arc<str>, Tail)>,
+    /// The rows themselves, per resolution, when they are kept instead of uploaded
+    /// ([`Uploads::keep`]).
+    kept: [Vec<Row>; 3],
 }
 
 impl Rollups {
     pub fn new(settings: RollupSettings) -> Self {
-        Self {
-            settings,
-            tails: HashMap::new(),
-        }
+        Self { settings }
     }
 
-    /// Keeps the tails of a committed update.
-    pub fn apply(&mut self, update: &mut Update) {
+    /// Keeps the tails of a committed update (call it as the manifest with the
+    /// update's files is published).
+    pub fn apply(tails: &mut Tails, update: &mut Update) {
         for (device, tail) in update.tails.drain(..) {
-            self.tails.insert(device, tail);
+            tails.insert(device, tail);
         }
     }
 
     /// Computes and uploads the rollup rows that `sorted` (the frozen rows, sorted by
     /// `(device_id, ts)`, one row per key) changes, given the committed files of
-    /// `base`. `now` is the current time and `raw_cutoff` the time before which raw
-    /// files expire, if they do. Nothing is visible until the caller commits the
-    /// returned files with the raw files.
+    /// `base` and the plugs' `tails` at `base`. `now` is the current time and
+    /// `raw_cutoff` the time before which raw files expire, if they do. Nothing is
+    /// visible until the caller commits the returned files with the raw files.
     pub async fn update(
         &self,
+        tails: &Tails,
         uploads: &mut Uploads<'_>,
         base: &Manifest,
         sorted: &RecordBatch,
@@ -181,7 +187,7 @@ impl Rollups {
         let mut starts: HashMap<Arc<str>, i64> = HashMap::new();
         for run in raw.device_runs() {
             let device = raw.device.value(run.start);
-            match self.tails.get(device) {
+            match tails.get(device) {
                 Some(tail) if raw.ts[run.start] > tail.last.ts => {
                     let device: Arc<str> = Arc::from(device);
                     let tail = extend(tail, &device, &raw, run, &self.settings.math, &mut out);
@@ -225,6 +231,8 @@ pub(crate) struct Uploads<'a> {
     pub store: &'a Store,
     pub next_id: &'a mut u64,
     pub faults: Option<&'a PersistFaults>,
+    /// Keep the rows in [`Update`] instead of uploading them ([`preview`]).
+    pub keep: bool,
 }
 
 /// Rollup rows waiting to be uploaded, per resolution.
@@ -244,6 +252,12 @@ impl Output {
 
     /// Uploads the rows as files of their tiers (not yet listed in any manifest).
     async fn flush(&mut self, uploads: &mut Uploads<'_>, update: &mut Update) -> Result<()> {
+        if uploads.keep {
+            for (kept, rows) in update.kept.iter_mut().zip(&mut self.rows) {
+                kept.append(rows);
+            }
+            return Ok(());
+        }
         let schema = rollup_schema();
         let props = files::writer_properties(&schema, rc::BUCKET);
         for res in Resolution::ALL {
@@ -274,7 +288,36 @@ impl Output {
     }
 }
 
-fn index(res: Resolution) -> usize {
+/// The rollup rows (1m, 1h, 1d) that persisting `sorted` (rows not yet persisted, sorted by
+/// `(device_id, ts)`, one per key) would write on top of `base`, whose plugs' tails are
+/// `tails`: computed as a persist cycle computes them, without uploading anything.
+/// They are the rows of the buckets that the readings change, complete (an open
+/// bucket's row covers its persisted readings too), so they replace the files' rows of
+/// the same plug and bucket.
+pub(crate) async fn preview(
+    settings: &RollupSettings,
+    tails: &Tails,
+    store: &Store,
+    base: &Manifest,
+    sorted: &RecordBatch,
+    now: i64,
+    raw_cutoff: Option<i64>,
+) -> Result<[Vec<Row>; 3]> {
+    let mut next_id = base.next_file_id;
+    let mut uploads = Uploads {
+        store,
+        next_id: &mut next_id,
+        faults: None,
+        keep: true,
+    };
+    let rollups = Rollups::new(settings.clone());
+    let mut update = rollups
+        .update(tails, &mut uploads, base, sorted, now, raw_cutoff)
+        .await?;
+    Ok(std::mem::take(&mut update.kept))
+}
+
+pub(crate) fn index(res: Resolution) -> usize {
     match res {
         Resolution::Minute => 0,
         Resolution::Hour => 1,

@@ -5,7 +5,9 @@
 //! `readings`, which [`ReadingsTable`] serves from the engine's in-memory buffer and
 //! the Parquet files of its manifest (a view taken when the query is planned, so a
 //! query sees every write acknowledged before it started), and over the rollup tables
-//! `readings_1m`, `readings_1h` and `readings_1d`, served from their files. It knows
+//! `readings_1m`, `readings_1h` and `readings_1d`, served from their files and, for the
+//! readings not yet persisted, from rows computed as the next persist cycle will write
+//! them ([`Engine::live_rollups`](wattdb_engine::Engine::live_rollups)). It knows
 //! nothing of HTTP: the `api` crate turns the record-batch stream into JSON or CSV.
 //! Every query runs under a memory limit and a deadline.
 

@@ -12,7 +12,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, UInt64Array};
+use arrow::array::{AsArray, RecordBatch, UInt64Array};
+use arrow::datatypes::TimestampNanosecondType;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
@@ -46,8 +47,9 @@ const BUFFER_RANK: u64 = u64::MAX;
 const FROZEN_RANK: u64 = u64::MAX - 1;
 
 /// `readings`: every acknowledged reading, duplicates resolved; or, for a rollup tier,
-/// `readings_1m`, `readings_1h` or `readings_1d`: the rollup rows of the persisted
-/// readings, one per plug and bucket.
+/// `readings_1m`, `readings_1h` or `readings_1d`: the rollup rows, one per plug and
+/// bucket, from the files and, where readings are not yet persisted, computed now
+/// (ranked above every file, as the buffer is for `readings`).
 #[derive(Debug)]
 pub struct ReadingsTable {
     engine: Engine,
@@ -109,15 +111,28 @@ impl TableProvider for ReadingsTable {
         let time = self.tier.time_column();
         let (from, to) = time_range(&filters, time);
         let devices = device_range(&filters);
-        let view = match self.tier {
-            Tier::Raw => self.engine.read_view(from, to),
-            // Rollup rows exist only in files.
-            _ => ReadView {
-                buffer: Vec::new(),
-                buffer_range: None,
-                frozen: None,
-                manifest: self.engine.manifest(),
-            },
+        let (view, live) = match self.tier {
+            Tier::Raw => (self.engine.read_view(from, to), None),
+            // Rollup rows are in files, and those of the readings not yet persisted
+            // are computed now.
+            _ => {
+                let (manifest, live) = self
+                    .engine
+                    .live_rollups(
+                        self.tier,
+                        devices.as_ref().map(|(lo, hi)| (lo.as_str(), hi.as_str())),
+                        to,
+                    )
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                let view = ReadView {
+                    buffer: Vec::new(),
+                    buffer_range: None,
+                    frozen: None,
+                    manifest,
+                };
+                (view, live)
+            }
         };
         let files: Vec<FileMeta> = view
             .manifest
@@ -154,6 +169,11 @@ impl TableProvider for ReadingsTable {
         {
             boxes.push((lo, hi, None));
             memory.push((BUFFER_RANK, view.buffer.clone()));
+        }
+        if let Some(rows) = live {
+            let (lo, hi) = bucket_range(&rows)?;
+            boxes.push((lo, hi, None));
+            memory.push((BUFFER_RANK, vec![rows]));
         }
         let partitions = state.config().target_partitions().max(1);
         if !overlapping(&mut boxes) {
@@ -366,6 +386,17 @@ fn with_rank(schema: &SchemaRef, b: &RecordBatch, rank: u64) -> DfResult<RecordB
 
 /// A source's time range and, for files, its device id range.
 type SourceBox<'a> = (i64, i64, Option<(&'a str, &'a str)>);
+
+/// The oldest and newest bucket of rollup rows.
+fn bucket_range(rows: &RecordBatch) -> DfResult<(i64, i64)> {
+    let buckets = rows
+        .column_by_name("bucket")
+        .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
+        .ok_or_else(|| DataFusionError::Internal("rollup rows without bucket".into()))?;
+    let lo = arrow::compute::min(buckets).unwrap_or(i64::MIN);
+    let hi = arrow::compute::max(buckets).unwrap_or(i64::MAX);
+    Ok((lo, hi))
+}
 
 /// Whether any two sources may hold the same `(device_id, ts)`.
 fn overlapping(boxes: &mut [SourceBox<'_>]) -> bool {

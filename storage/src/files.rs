@@ -21,8 +21,11 @@
 //! `ts` delta-encoded (one plug's readings a second apart are almost free);
 //! `voltage`, `current` and `power` dictionary-encoded (plugs report them at a fixed
 //! resolution, so a row group holds few distinct values) with byte-stream-split as the
-//! fallback; the energy counter byte-stream-split; ZSTD over every page; page-level
-//! statistics and the page index, so that a query for one plug reads few pages.
+//! fallback; the energy counter byte-stream-split; in rollup files every float column
+//! byte-stream-split and every time delta-encoded, none with a dictionary, in pages
+//! of 2,048 rows; ZSTD over every
+//! page; page-level statistics and the page index, so that a query for one plug reads
+//! few pages.
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
@@ -182,7 +185,8 @@ impl FileMeta {
 pub fn writer_properties(schema: &SchemaRef, time_column: &str) -> WriterProperties {
     // A plug's day is 86,400 raw readings but 1,440 rows of 1m rollups: rollup pages are
     // smaller, so that the page index lets a one-plug query decode about one page.
-    let page_rows = if time_column == "ts" { 20_000 } else { 2_048 };
+    let raw = time_column == "ts";
+    let page_rows = if raw { 20_000 } else { 2_048 };
     let mut b = WriterProperties::builder()
         .set_writer_version(WriterVersion::PARQUET_2_0)
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
@@ -211,13 +215,25 @@ pub fn writer_properties(schema: &SchemaRef, time_column: &str) -> WriterPropert
             b = b
                 .set_column_dictionary_enabled(col.clone(), false)
                 .set_column_encoding(col, Encoding::BYTE_STREAM_SPLIT);
+        } else if f.data_type().is_floating() && !raw {
+            // Rollup minima, maxima and last values: a dictionary page is shared by a
+            // whole row group (up to 1 MiB, compressed as one), so a one-plug query
+            // would decompress it whole to read a page of 2,048 rows. Plain pages
+            // decode alone.
+            b = b
+                .set_column_dictionary_enabled(col.clone(), false)
+                .set_column_encoding(col, Encoding::BYTE_STREAM_SPLIT);
         } else if f.data_type().is_floating() {
             // Readings at a fixed resolution: few distinct values; when a row group has
             // too many for the dictionary, byte-stream-split takes over.
             b = b
                 .set_column_dictionary_enabled(col.clone(), true)
                 .set_column_encoding(col, Encoding::BYTE_STREAM_SPLIT);
-        } else if f.data_type().is_integer() {
+        } else if f.data_type().is_integer()
+            || matches!(f.data_type(), arrow::datatypes::DataType::Timestamp(..))
+        {
+            // Counts and times (a rollup's first and last reading time): sorted or
+            // close to it, and a dictionary page would have to be read whole.
             b = b
                 .set_column_dictionary_enabled(col.clone(), false)
                 .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED);
