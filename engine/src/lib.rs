@@ -689,12 +689,7 @@ impl Engine {
         let sorted = wattdb_storage::files::merge_newest(&schema, &inputs, schema::col::TS)?;
         drop(inputs);
         // The tails of these plugs only: the others' are not needed.
-        let ids = sorted
-            .column_by_name(schema::col::DEVICE_ID)
-            .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
-            .ok_or(wattdb_storage::files::EncodeError::Column(
-                schema::col::DEVICE_ID,
-            ))?;
+        let ids = device_ids(&sorted)?;
         let mut theirs = rollups::Tails::new();
         for i in 0..arrow::array::Array::len(ids) {
             let id = ids.value(i);
@@ -801,18 +796,22 @@ impl Engine {
 
 /// The rows of `batch` (readings) whose plug id is in `lo..=hi`.
 fn in_device_range(batch: &RecordBatch, lo: &str, hi: &str) -> Result<RecordBatch> {
-    let ids = batch
-        .column_by_name(schema::col::DEVICE_ID)
-        .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
-        .ok_or(wattdb_storage::files::EncodeError::Column(
-            schema::col::DEVICE_ID,
-        ))?;
-    let keep: arrow::array::BooleanArray = ids
+    let keep: arrow::array::BooleanArray = device_ids(batch)?
         .iter()
         .map(|id| id.map(|id| id >= lo && id <= hi))
         .collect();
     Ok(arrow::compute::filter_record_batch(batch, &keep)
         .map_err(wattdb_storage::files::EncodeError::from)?)
+}
+
+/// The `device_id` column of readings.
+fn device_ids(batch: &RecordBatch) -> Result<&arrow::array::StringArray> {
+    Ok(batch
+        .column_by_name(schema::col::DEVICE_ID)
+        .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+        .ok_or(wattdb_storage::files::EncodeError::Column(
+            schema::col::DEVICE_ID,
+        ))?)
 }
 
 #[cfg(test)]

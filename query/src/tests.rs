@@ -7,13 +7,7 @@ use super::*;
 
 async fn engine_with(rows: &[(&str, i64, f64)]) -> (tempfile::TempDir, Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(EngineConfig {
-        data_dir: dir.path().to_owned(),
-        wal_segment_size: 1 << 20,
-        retention: wattdb_engine::RetentionConfig::forever(),
-        ..Default::default()
-    })
-    .unwrap();
+    let engine = open_engine(dir.path());
     let mut b = ReadingBatch::new();
     for &(id, ts, power) in rows {
         b.push(ReadingRef {
@@ -30,6 +24,17 @@ async fn engine_with(rows: &[(&str, i64, f64)]) -> (tempfile::TempDir, Engine) {
     }
     engine.write(b).await.unwrap();
     (dir, engine)
+}
+
+/// An engine on `dir` that keeps data forever (test readings have fixed dates).
+fn open_engine(dir: &std::path::Path) -> Engine {
+    Engine::open(EngineConfig {
+        data_dir: dir.to_owned(),
+        wal_segment_size: 1 << 20,
+        retention: wattdb_engine::RetentionConfig::forever(),
+        ..Default::default()
+    })
+    .unwrap()
 }
 
 async fn count(q: &QueryEngine, sql: &str) -> i64 {
@@ -152,15 +157,7 @@ const ALL: &str = "SELECT device_id, ts, power FROM readings ORDER BY device_id,
 #[tokio::test]
 async fn buffer_and_parquet_files_read_as_one_table_where_the_last_write_wins() {
     let dir = tempfile::tempdir().unwrap();
-    let open = || {
-        Engine::open(EngineConfig {
-            data_dir: dir.path().to_owned(),
-            wal_segment_size: 1 << 20,
-            retention: wattdb_engine::RetentionConfig::forever(),
-            ..Default::default()
-        })
-        .unwrap()
-    };
+    let open = || open_engine(dir.path());
     let engine = open();
     for (id, ts, p) in [("a", 1, 1.0), ("a", 2, 2.0), ("a", 3, 3.0), ("b", 1, 10.0)] {
         engine.write(reading(id, ts, p)).await.unwrap();
@@ -442,15 +439,7 @@ fn stream(plugs: &[&str], from: i64, to: i64, offset: f64) -> ReadingBatch {
 #[tokio::test]
 async fn rollup_tables_include_the_readings_not_yet_persisted_as_persisting_will_write_them() {
     let dir = tempfile::tempdir().unwrap();
-    let open = || {
-        Engine::open(EngineConfig {
-            data_dir: dir.path().to_owned(),
-            wal_segment_size: 1 << 20,
-            retention: wattdb_engine::RetentionConfig::forever(),
-            ..Default::default()
-        })
-        .unwrap()
-    };
+    let open = || open_engine(dir.path());
     // Each step writes, reads the rollup tables (not yet persisted readings included),
     // persists, and reads them again from the files: the two must be equal.
     let check = |engine: Engine, what: &'static str| async move {
