@@ -575,14 +575,7 @@ impl Engine {
     /// the rollup tables are complete for every bucket that ends before it.
     pub fn unpersisted_from(&self) -> Option<i64> {
         let shared = &self.inner.shared;
-        let buffer = shared.buffer.read();
-        let view = shared.view.read();
-        let b = buffer.time_range().map(|(lo, _)| lo);
-        let f = view.frozen.as_ref().map(|f| f.min_ts);
-        match (b, f) {
-            (Some(b), Some(f)) => Some(b.min(f)),
-            (b, f) => b.or(f),
-        }
+        oldest_unpersisted(&shared.buffer.read(), &shared.view.read())
     }
 
     /// The rows of the rollup table `tier` that the readings not yet persisted add or
@@ -647,14 +640,9 @@ impl Engine {
         // One consistent state: the rows not yet persisted, the manifest and the tails
         // that go with it (lock order: buffer, view, tails).
         let buffer = shared.buffer.read();
-        let oldest = buffer.time_range().map(|(lo, _)| lo);
         let view = shared.view.read();
-        let oldest = match (oldest, view.frozen.as_ref().map(|f| f.min_ts)) {
-            (Some(b), Some(f)) => b.min(f),
-            (b, f) => match b.or(f) {
-                Some(t) => t,
-                None => return Ok((Arc::clone(&view.manifest), None)),
-            },
+        let Some(oldest) = oldest_unpersisted(&buffer, &view) else {
+            return Ok((Arc::clone(&view.manifest), None));
         };
         // The earliest bucket a cycle can rewrite: a recomputation starts at the hour.
         let first = res.bucket_start(rollup::Resolution::Hour.bucket_start(oldest));
@@ -791,6 +779,16 @@ impl Engine {
         for t in self.inner.threads.lock().drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// The time of the oldest reading in the buffer or being persisted.
+fn oldest_unpersisted(buffer: &Buffer, view: &View) -> Option<i64> {
+    let b = buffer.time_range().map(|(lo, _)| lo);
+    let f = view.frozen.as_ref().map(|f| f.min_ts);
+    match (b, f) {
+        (Some(b), Some(f)) => Some(b.min(f)),
+        (b, f) => b.or(f),
     }
 }
 

@@ -22,10 +22,9 @@
 //! `voltage`, `current` and `power` dictionary-encoded (plugs report them at a fixed
 //! resolution, so a row group holds few distinct values) with byte-stream-split as the
 //! fallback; the energy counter byte-stream-split; in rollup files every float column
-//! byte-stream-split and every time delta-encoded, none with a dictionary, in pages
-//! of 2,048 rows; ZSTD over every
-//! page; page-level statistics and the page index, so that a query for one plug reads
-//! few pages.
+//! byte-stream-split and every time delta-encoded, none with a dictionary, in pages of
+//! 2,048 rows; ZSTD over every page; page-level statistics and the page index, so that
+//! a query for one plug reads few pages.
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
@@ -210,16 +209,15 @@ pub fn writer_properties(schema: &SchemaRef, time_column: &str) -> WriterPropert
             b = b
                 .set_column_dictionary_enabled(col.clone(), false)
                 .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED);
-        } else if name == "energy" || name.starts_with("energy_") || name.ends_with("_sum") {
-            // Counters and sums: mostly distinct values.
-            b = b
-                .set_column_dictionary_enabled(col.clone(), false)
-                .set_column_encoding(col, Encoding::BYTE_STREAM_SPLIT);
-        } else if f.data_type().is_floating() && !raw {
-            // Rollup minima, maxima and last values: a dictionary page is shared by a
-            // whole row group (up to 1 MiB, compressed as one), so a one-plug query
-            // would decompress it whole to read a page of 2,048 rows. Plain pages
-            // decode alone.
+        } else if name == "energy"
+            || name.starts_with("energy_")
+            || name.ends_with("_sum")
+            || (f.data_type().is_floating() && !raw)
+        {
+            // Counters and sums: mostly distinct values. Rollup minima, maxima and
+            // last values: a dictionary page is shared by a whole row group (up to
+            // 1 MiB, compressed as one), so a one-plug query would decompress it whole
+            // to read a page of 2,048 rows; plain pages decode alone.
             b = b
                 .set_column_dictionary_enabled(col.clone(), false)
                 .set_column_encoding(col, Encoding::BYTE_STREAM_SPLIT);
