@@ -37,7 +37,7 @@
 //! `ceil(plugs / 64) × 8` bytes per simulated second (10 k plugs for an hour: 4.5 MB;
 //! 1 M plugs for an hour: 450 MB). Nothing per timestamp is stored. After the run it
 //! asks the server, per device, for the stored rows and distinct timestamps in the
-//! acknowledged time range ([`verify_sql`]), and reports `lost` (acknowledged distinct
+//! acknowledged time range ([`verify_sqls`], a query per range of plugs), and reports `lost` (acknowledged distinct
 //! readings not stored) and `duplicated` (rows stored beyond the distinct ones).
 
 use std::collections::BTreeMap;
@@ -287,14 +287,48 @@ impl fmt::Display for Report {
     }
 }
 
-/// The verification query for readings with `ts` in `[min_ts, max_ts]` (ns).
-pub fn verify_sql(min_ts: i64, max_ts: i64) -> String {
-    format!(
-        "SELECT device_id, count(*) AS n, count(DISTINCT ts) AS d FROM readings \
-         WHERE device_id LIKE 'plug-%' AND ts >= '{}' AND ts <= '{}' GROUP BY device_id",
+/// Readings one verification query counts, at most (about). Counting distinct times
+/// per plug takes memory in proportion to the readings counted: one query over a
+/// flat-out run of a minute (44 M readings) exceeded the server's default query memory
+/// of 1 GiB.
+const VERIFY_READINGS_PER_QUERY: u64 = 4_000_000;
+
+/// The verification queries for readings of `plugs` simulated plugs with `ts` in
+/// `[min_ts, max_ts]` (ns), `readings` of them expected: each counts, per device, the
+/// rows and distinct times of one range of plug ids, so that none counts more than
+/// about [`VERIFY_READINGS_PER_QUERY`] readings. The ranges follow the ids' text order
+/// (`plug-1000000` sorts before `plug-100001`), which is also the order of the rows
+/// in the Parquet files, so each query reads only its plugs' row groups. Together the
+/// ranges cover every id of the fleet once; ids of other plugs inside a range are
+/// counted by the server and skipped by the reader.
+pub fn verify_sqls(plugs: u32, readings: u64, min_ts: i64, max_ts: i64) -> Vec<String> {
+    let mut ids: Vec<String> = (0..plugs).map(crate::simulator::plug_id).collect();
+    ids.sort_unstable();
+    let groups = readings
+        .div_ceil(VERIFY_READINGS_PER_QUERY)
+        .clamp(1, u64::from(plugs.max(1)));
+    let per_group = ids.len().div_ceil(groups as usize).max(1);
+    let time = format!(
+        "ts >= '{}' AND ts <= '{}'",
         rfc3339_ns(min_ts),
         rfc3339_ns(max_ts)
-    )
+    );
+    let select = "SELECT device_id, count(*) AS n, count(DISTINCT ts) AS d FROM readings";
+    if ids.is_empty() || groups == 1 {
+        return vec![format!(
+            "{select} WHERE device_id LIKE 'plug-%' AND {time} GROUP BY device_id"
+        )];
+    }
+    ids.chunks(per_group)
+        .map(|c| {
+            format!(
+                "{select} WHERE device_id >= '{}' AND device_id <= '{}' AND {time} \
+                 GROUP BY device_id",
+                c[0],
+                c[c.len() - 1]
+            )
+        })
+        .collect()
 }
 
 /// `2023-11-14T22:13:20.123456789Z`.
@@ -945,25 +979,25 @@ fn verify(args: &LoadgenArgs, auth: Option<&str>, acks: &AckSet) -> Result<Verif
         });
     }
     let url = format!("{}/api/v1/query", args.url.trim_end_matches('/'));
-    let body = serde_json::json!({
-        "sql": verify_sql(acks.min_ts, acks.max_ts),
-        "format": "csv",
-    });
-    let mut req = agent(Duration::from_secs(600)).post(&url);
-    if let Some(auth) = auth {
-        req = req.set("Authorization", auth);
-    }
-    let csv = match req.send_json(body) {
-        Ok(resp) => resp.into_string().map_err(VerifyError::Read)?,
-        Err(ureq::Error::Status(status, resp)) => {
-            return Err(VerifyError::Status {
-                status,
-                body: response_text(resp),
-            });
+    let agent = agent(Duration::from_secs(600));
+    let mut stored = BTreeMap::new();
+    for sql in verify_sqls(args.plugs, acked.iter().sum(), acks.min_ts, acks.max_ts) {
+        let mut req = agent.post(&url);
+        if let Some(auth) = auth {
+            req = req.set("Authorization", auth);
         }
-        Err(ureq::Error::Transport(t)) => return Err(VerifyError::Transport(Box::new(t))),
-    };
-    let stored = parse_counts(&csv, args.plugs)?;
+        let csv = match req.send_json(serde_json::json!({"sql": sql, "format": "csv"})) {
+            Ok(resp) => resp.into_string().map_err(VerifyError::Read)?,
+            Err(ureq::Error::Status(status, resp)) => {
+                return Err(VerifyError::Status {
+                    status,
+                    body: response_text(resp),
+                });
+            }
+            Err(ureq::Error::Transport(t)) => return Err(VerifyError::Transport(Box::new(t))),
+        };
+        parse_counts(&csv, args.plugs, &mut stored)?;
+    }
     let mut v = Verified {
         lost: 0,
         duplicated: 0,
@@ -978,10 +1012,13 @@ fn verify(args: &LoadgenArgs, auth: Option<&str>, acks: &AckSet) -> Result<Verif
     Ok(v)
 }
 
-/// `device_id,n,d` CSV with a header → plug index → (rows, distinct ts). Devices that
-/// are not this fleet's plugs are skipped.
-fn parse_counts(csv: &str, plugs: u32) -> Result<BTreeMap<u32, (u64, u64)>, VerifyError> {
-    let mut out = BTreeMap::new();
+/// Adds a `device_id,n,d` CSV with a header to plug index → (rows, distinct ts).
+/// Devices that are not this fleet's plugs are skipped.
+fn parse_counts(
+    csv: &str,
+    plugs: u32,
+    out: &mut BTreeMap<u32, (u64, u64)>,
+) -> Result<(), VerifyError> {
     for (i, line) in csv.lines().enumerate().skip(1) {
         let line = line.trim_end_matches('\r');
         if line.is_empty() {
@@ -1012,7 +1049,7 @@ fn parse_counts(csv: &str, plugs: u32) -> Result<BTreeMap<u32, (u64, u64)>, Veri
         e.0 += n;
         e.1 += d;
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1035,14 +1072,48 @@ mod tests {
     #[test]
     fn counts_csv() {
         let csv = "device_id,n,d\nplug-000001,10,9\nplug-000000,5,5\nother,1,1\nplug-999999,1,1\n";
-        let got = parse_counts(csv, 2).unwrap_or_default();
+        let mut got = BTreeMap::new();
+        parse_counts(csv, 2, &mut got).unwrap();
         assert_eq!(got.get(&0), Some(&(5, 5)));
         assert_eq!(got.get(&1), Some(&(10, 9)));
         assert_eq!(got.len(), 2);
+        // A second answer (another range of plugs) adds to the first.
+        parse_counts("device_id,n,d\nplug-000001,2,1\n", 2, &mut got).unwrap();
+        assert_eq!(got.get(&1), Some(&(12, 10)));
         assert!(matches!(
-            parse_counts("h\nplug-000001,x,1\n", 2),
+            parse_counts("h\nplug-000001,x,1\n", 2, &mut got),
             Err(VerifyError::Csv { line: 2, .. })
         ));
+    }
+
+    #[test]
+    fn verification_queries_split_the_fleet_into_ranges_of_ids_covering_it_once() {
+        assert_eq!(verify_sqls(10, 1_000, 0, 1).len(), 1);
+        assert!(verify_sqls(10, 1_000, 0, 1)[0].contains("LIKE 'plug-%'"));
+        // 1.2 M plugs (ids of 6 and 7 digits), 100 M readings: 25 ranges.
+        let plugs = 1_200_000;
+        let sqls = verify_sqls(plugs, 100_000_000, 0, 1);
+        assert_eq!(sqls.len(), 25);
+        let ranges: Vec<(String, String)> = sqls
+            .iter()
+            .map(|s| {
+                let bound = |after: &str| {
+                    let rest = &s[s.find(after).unwrap() + after.len()..];
+                    rest[..rest.find('\'').unwrap()].to_owned()
+                };
+                (bound("device_id >= '"), bound("device_id <= '"))
+            })
+            .collect();
+        for w in ranges.windows(2) {
+            assert!(w[0].1 < w[1].0, "ranges overlap or are out of order: {w:?}");
+        }
+        let covered = (0..plugs)
+            .map(crate::simulator::plug_id)
+            .filter(|id| ranges.iter().any(|(lo, hi)| lo <= id && id <= hi))
+            .count();
+        assert_eq!(covered, plugs as usize);
+        // Never more queries than plugs.
+        assert_eq!(verify_sqls(3, 1_000_000_000, 0, 1).len(), 3);
     }
 
     #[test]

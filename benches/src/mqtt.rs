@@ -24,7 +24,7 @@ use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
 
 use crate::encode_json;
-use crate::loadgen::verify_sql;
+use crate::loadgen::verify_sqls;
 use crate::simulator::{Fleet, FleetConfig};
 
 const NS_PER_S: i64 = 1_000_000_000;
@@ -205,7 +205,14 @@ pub fn run(args: &MqttBenchArgs) -> Result<MqttBenchReport, MqttBenchError> {
     let (lost, duplicated) = match &args.target {
         Target::Null => (None, None),
         Target::Wattdb(url) => {
-            let (stored, distinct) = stored(url, args.token.as_deref(), start_ns, end_ns - 1)?;
+            let (stored, distinct) = stored(
+                url,
+                args.token.as_deref(),
+                args.plugs,
+                readings,
+                start_ns,
+                end_ns - 1,
+            )?;
             (
                 Some(readings.saturating_sub(distinct)),
                 Some(stored.saturating_sub(distinct)),
@@ -432,20 +439,28 @@ fn mqtt_readings(url: &str, token: Option<&str>) -> Result<u64, MqttBenchError> 
         .ok_or_else(|| wattdb_error(url, "no MQTT ingest (is it started with --no-mqtt?)"))
 }
 
-/// Stored and distinct readings of the run's plugs in `[min_ts, max_ts]`.
+/// Stored and distinct readings of the run's `plugs` in `[min_ts, max_ts]`, where
+/// `readings` were published.
 fn stored(
     url: &str,
     token: Option<&str>,
+    plugs: u32,
+    readings: u64,
     min_ts: i64,
     max_ts: i64,
 ) -> Result<(u64, u64), MqttBenchError> {
-    let body = serde_json::json!({"sql": verify_sql(min_ts, max_ts), "format": "json"});
-    let rows: Vec<serde_json::Value> = crate::http_agent(token, Duration::from_secs(300))
-        .post(&format!("{url}/api/v1/query"))
-        .send_json(body)
-        .map_err(|e| wattdb_error(url, e))?
-        .into_json()
-        .map_err(|e| wattdb_error(url, e))?;
-    let sum = |key: &str| rows.iter().filter_map(|r| r[key].as_u64()).sum::<u64>();
-    Ok((sum("n"), sum("d")))
+    let agent = crate::http_agent(token, Duration::from_secs(300));
+    let (mut n, mut d) = (0, 0);
+    for sql in verify_sqls(plugs, readings, min_ts, max_ts) {
+        let rows: Vec<serde_json::Value> = agent
+            .post(&format!("{url}/api/v1/query"))
+            .send_json(serde_json::json!({"sql": sql, "format": "json"}))
+            .map_err(|e| wattdb_error(url, e))?
+            .into_json()
+            .map_err(|e| wattdb_error(url, e))?;
+        let sum = |key: &str| rows.iter().filter_map(|r| r[key].as_u64()).sum::<u64>();
+        n += sum("n");
+        d += sum("d");
+    }
+    Ok((n, d))
 }

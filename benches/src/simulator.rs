@@ -205,6 +205,11 @@ impl Profile {
     }
 }
 
+/// The id of the simulated plug with this index: `plug-000007`.
+pub fn plug_id(index: u32) -> String {
+    format!("plug-{index:06}")
+}
+
 /// One plug's identity and tags, and the encoders' precomputed prefixes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plug {
@@ -217,7 +222,7 @@ pub struct Plug {
 
 impl Plug {
     fn new(index: u32, location: &'static str, device_type: DeviceType) -> Self {
-        let id = format!("plug-{index:06}");
+        let id = plug_id(index);
         let lp_prefix = format!(
             "power_metrics,device_id={id},location={location},device_type={} voltage=",
             device_type.as_str()
