@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use arrow::array::{BooleanArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringBuilder};
 use arrow::compute::{concat_batches, filter_record_batch};
 use hashbrown::HashMap;
 use wattdb_storage::ReadingBatch;
@@ -97,6 +97,79 @@ pub struct Frozen {
     pub min_segment: u64,
     /// Every WAL record up to this sequence number is in these rows (or older files).
     pub max_seq: u64,
+    /// Where each plug's live rows are, in time order: what [`Frozen::sorted`] needs.
+    order: FrozenOrder,
+}
+
+/// The buffer's per-plug index, taken out with the rows it points into.
+#[derive(Debug)]
+struct FrozenOrder {
+    /// The buffer's record batches as inserted (overwritten rows included).
+    chunks: Vec<RecordBatch>,
+    /// Global row number of each chunk's first row, ascending, contiguous.
+    first_rows: Vec<u64>,
+    /// Per plug: its id and the global row numbers of its live rows, in time order.
+    plugs: Vec<(Arc<str>, Vec<u64>)>,
+}
+
+impl Frozen {
+    /// The rows in `(device_id, ts)` order, one per key, in one record batch.
+    ///
+    /// The buffer's index already holds each plug's rows in time order, so this only
+    /// orders the plugs and gathers: no sort over the rows, and no hashing of their
+    /// device ids. The same order as [`wattdb_storage::files::sort_rows`] over
+    /// [`Frozen::batches`], at a fraction of the cost.
+    pub fn sorted(&self) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let FrozenOrder {
+            chunks,
+            first_rows,
+            plugs,
+        } = &self.order;
+        let mut plugs: Vec<&(Arc<str>, Vec<u64>)> =
+            plugs.iter().filter(|(_, rows)| !rows.is_empty()).collect();
+        if plugs.is_empty() {
+            return Ok(RecordBatch::new_empty(readings_schema()));
+        }
+        plugs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let in_chunk = |c: usize, row: u64| {
+            first_rows.get(c).is_some_and(|&first| first <= row)
+                && first_rows.get(c + 1).is_none_or(|&next| row < next)
+        };
+        let mut order = Vec::with_capacity(self.rows as usize);
+        let mut c = 0;
+        for (_, rows) in &plugs {
+            for &row in rows {
+                // A plug's rows mostly ascend a chunk or two at a time.
+                if !in_chunk(c, row) {
+                    c = if in_chunk(c + 1, row) {
+                        c + 1
+                    } else {
+                        first_rows.partition_point(|&f| f <= row) - 1
+                    };
+                }
+                order.push((c, (row - first_rows[c]) as usize));
+            }
+        }
+        // Device ids from the plugs' runs, not gathered row by row.
+        let id_bytes: usize = plugs.iter().map(|(id, rows)| id.len() * rows.len()).sum();
+        let mut ids = StringBuilder::with_capacity(order.len(), id_bytes);
+        for (id, rows) in &plugs {
+            for _ in 0..rows.len() {
+                ids.append_value(id);
+            }
+        }
+        let schema = readings_schema();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        for (i, field) in schema.fields().iter().enumerate() {
+            if field.name() == "device_id" {
+                columns.push(Arc::new(ids.finish()));
+                continue;
+            }
+            let inputs: Vec<&dyn Array> = chunks.iter().map(|c| c.column(i).as_ref()).collect();
+            columns.push(arrow::compute::interleave(&inputs, &order)?);
+        }
+        RecordBatch::try_new(schema, columns)
+    }
 }
 
 /// The readings held in memory. Not synchronised: the engine wraps it in a lock.
@@ -300,13 +373,19 @@ impl Buffer {
             min_segment: self.chunks.iter().map(|c| c.min_segment).min().unwrap_or(0),
             max_seq: self.applied.map_or(0, |p| p.seq),
             batches,
+            order: FrozenOrder {
+                first_rows: self.chunks.iter().map(|c| c.first_row).collect(),
+                chunks: self.chunks.drain(..).map(|c| c.batch).collect(),
+                plugs: self
+                    .times
+                    .iter_mut()
+                    .zip(&self.latest)
+                    .map(|(t, l)| (Arc::clone(&l.device_id), std::mem::take(t).rows))
+                    .collect(),
+            },
         };
-        self.chunks.clear();
         self.deleted.clear();
         self.row_base = self.next_row;
-        for t in &mut self.times {
-            *t = PlugRows::default();
-        }
         self.bytes = 0;
         Some(frozen)
     }
@@ -424,6 +503,51 @@ mod tests {
             vec![("a".into(), 1, 11.0), ("b".into(), 1, 22.0)]
         );
         assert_eq!(buf.rows(), 2);
+    }
+
+    #[test]
+    fn frozen_rows_sorted_from_the_index_equal_a_sort_of_the_live_rows() {
+        let mut buf = Buffer::new();
+        // Plugs whose ids sort apart from their order of arrival; in-order, late,
+        // out-of-order and rewritten readings; batches big and small (merged tails).
+        let ids = ["p10", "p2", "a", "p1", "z"];
+        let mut n = 0u64;
+        let mut inserted = 0;
+        for round in 0..60i64 {
+            let mut parts = Vec::new();
+            for (k, id) in ids.iter().enumerate() {
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let ts = match n >> 61 {
+                    0 => round - 7,             // late
+                    1 => (n >> 40) as i64 % 50, // anywhere, often a rewrite
+                    _ => round * 10 + k as i64, // in order
+                };
+                parts.push(one(id, ts, (n >> 33) as f64));
+            }
+            let refs: Vec<&ReadingBatch> = parts.iter().collect();
+            let take = if round % 3 == 0 {
+                refs.len()
+            } else {
+                1 + round as usize % 3
+            };
+            buf.insert_test(&refs[..take]);
+            inserted += take as u64;
+        }
+        let live = rows(&buf.snapshot(None, None));
+        let frozen = buf.freeze().unwrap();
+        assert!(frozen.rows < inserted, "some readings rewrite others");
+        let sorted = frozen.sorted().unwrap();
+        let expected =
+            wattdb_storage::files::sort_rows(&readings_schema(), &frozen.batches, "ts").unwrap();
+        assert_eq!(sorted, expected);
+        assert_eq!(sorted.num_rows() as u64, frozen.rows);
+        assert_eq!(rows(&[sorted]), live);
+        // The buffer starts over: the next freeze holds only the new rows.
+        buf.insert_test(&[&one("p2", 1_000, 1.0)]);
+        let next = buf.freeze().unwrap().sorted().unwrap();
+        assert_eq!(rows(&[next]), vec![("p2".into(), 1_000, 1.0)]);
     }
 
     #[test]

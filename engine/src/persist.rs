@@ -302,7 +302,7 @@ async fn persist_frozen(
     let base = Arc::clone(&shared.view.read().manifest);
     let mut next_id = base.next_file_id;
     let t = Instant::now();
-    let sorted = files::sort_rows(&readings_schema(), &frozen.batches, "ts")?;
+    let sorted = frozen.sorted().map_err(files::EncodeError::from)?;
     let sort_ms = t.elapsed().as_millis() as u64;
     let (new_files, bytes) = write_raw_files(store, &sorted, &mut next_id, faults).await?;
     let t = Instant::now();
