@@ -39,6 +39,7 @@ pub mod buffer;
 mod compact;
 mod error;
 pub mod histogram;
+mod memory;
 pub mod persist;
 pub mod retention;
 pub mod rollup;

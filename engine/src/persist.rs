@@ -43,6 +43,7 @@ use wattdb_storage::{Store, wal};
 use crate::buffer::Frozen;
 use crate::compact::{CompactionConfig, CompactionReport, Compactor};
 use crate::error::{Error, Result};
+use crate::memory;
 use crate::retention::{self, Clock, RetentionConfig, RetentionReport};
 use crate::rollups::{RollupSettings, Rollups, Uploads};
 use crate::schema::readings_schema;
@@ -199,6 +200,12 @@ pub(crate) fn run(args: PersisterArgs) {
         match result {
             Ok(report) => {
                 if report.rows > 0 {
+                    let t = Instant::now();
+                    memory::release_free();
+                    tracing::debug!(
+                        ms = t.elapsed().as_millis() as u64,
+                        "returned free memory to the system"
+                    );
                     info!(
                         rows = report.rows,
                         files = report.files,

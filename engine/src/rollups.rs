@@ -187,9 +187,9 @@ impl Rollups {
         let mut starts: HashMap<Arc<str>, i64> = HashMap::new();
         for run in raw.device_runs() {
             let device = raw.device.value(run.start);
-            match tails.get(device) {
-                Some(tail) if raw.ts[run.start] > tail.last.ts => {
-                    let device: Arc<str> = Arc::from(device);
+            match tails.get_key_value(device) {
+                Some((device, tail)) if raw.ts[run.start] > tail.last.ts => {
+                    let device = Arc::clone(device);
                     let tail = extend(tail, &device, &raw, run, &self.settings.math, &mut out);
                     update.tails.push((device, tail));
                 }
@@ -261,14 +261,24 @@ impl Output {
         let schema = rollup_schema();
         let props = files::writer_properties(&schema, rc::BUCKET);
         for res in Resolution::ALL {
-            let rows = std::mem::take(&mut self.rows[index(res)]);
+            let mut rows = std::mem::take(&mut self.rows[index(res)]);
             if rows.is_empty() {
                 continue;
             }
             update.rows[index(res)] += rows.len() as u64;
-            let batch = rows_to_batch(&rows)?;
+            // Files hold rows by (device_id, bucket). The extended plugs' rows come in
+            // that order already, and a stable sort of sorted runs is one pass over
+            // them; recomputed plugs add their rows hour by hour.
+            rows.sort_by(|a, b| {
+                let device = if Arc::ptr_eq(&a.device, &b.device) {
+                    std::cmp::Ordering::Equal
+                } else {
+                    a.device.cmp(&b.device)
+                };
+                device.then(a.p.bucket.cmp(&b.p.bucket))
+            });
+            let sorted = rows_to_batch(&rows)?;
             drop(rows);
-            let sorted = files::sort_rows(&schema, &[batch], rc::BUCKET)?;
             let tier = tier_of(res);
             for (start, part) in files::split_by_partition(tier, &sorted, rc::BUCKET)? {
                 let body = files::encode(&part, props.clone())?;
@@ -351,7 +361,14 @@ fn extend(
         &samples,
         cfg,
     );
-    let minute = tagged(device, raw, run.start, &samples, partials);
+    let minute = tagged(
+        device,
+        raw,
+        run.start,
+        &samples,
+        partials,
+        Some(&tail.open[0]),
+    );
     let hour = roll_rows(Resolution::Hour, &minute);
     let day = roll_rows(Resolution::Day, &hour);
     let mut tiers = [minute, hour, day];
@@ -417,21 +434,26 @@ fn roll_rows(to: Resolution, finer: &[Row]) -> Vec<Row> {
 
 /// Rows for `partials` of one plug, computed from `samples` (rows `base..` of `raw`):
 /// each with the tags of its last reading.
+/// The tags of `known` (the plug's previous row) are shared when equal, so that a plug's
+/// rows and tail hold one copy of each tag.
 fn tagged(
     device: &Arc<str>,
     raw: &RawRows<'_>,
     base: usize,
     samples: &[Sample],
     partials: Vec<Partial>,
+    known: Option<&Row>,
 ) -> Vec<Row> {
+    let mut location = known.and_then(|r| r.location.clone());
+    let mut device_type = known.and_then(|r| r.device_type.clone());
     partials
         .into_iter()
         .map(|p| {
             let i = base + samples.partition_point(|s| s.ts < p.last_ts);
             Row {
                 device: Arc::clone(device),
-                location: raw.tag(raw.location, i),
-                device_type: raw.tag(raw.device_type, i),
+                location: raw.tag(raw.location, i, &mut location),
+                device_type: raw.tag(raw.device_type, i, &mut device_type),
                 p,
             }
         })
@@ -601,7 +623,14 @@ async fn recompute(
                 &samples,
                 cfg,
             );
-            let minute = tagged(device, &raw, run.start, &samples, partials);
+            let minute = tagged(
+                device,
+                &raw,
+                run.start,
+                &samples,
+                partials,
+                c.minute.as_ref(),
+            );
             let hour_rows = roll_rows(Resolution::Hour, &minute);
             if let Some(last) = samples.last() {
                 c.prev_energy = samples
@@ -826,8 +855,21 @@ impl<'a> RawRows<'a> {
         }
     }
 
-    fn tag(&self, column: &StringArray, i: usize) -> Option<Arc<str>> {
-        column.is_valid(i).then(|| Arc::from(column.value(i)))
+    /// The tag of row `i`: `known` when equal, else a new one that becomes `known`.
+    fn tag(
+        &self,
+        column: &StringArray,
+        i: usize,
+        known: &mut Option<Arc<str>>,
+    ) -> Option<Arc<str>> {
+        if !column.is_valid(i) {
+            return None;
+        }
+        let value = column.value(i);
+        match known {
+            Some(k) if &**k == value => Some(Arc::clone(k)),
+            _ => Some(Arc::clone(known.insert(Arc::from(value)))),
+        }
     }
 
     /// The row ranges of consecutive rows of one plug.
