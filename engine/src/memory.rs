@@ -5,7 +5,7 @@
 //! arenas for reuse (large blocks included, once its mmap threshold has grown), so the
 //! process's resident memory stays at the cycle's peak while the engine holds far less.
 //! With a million plugs, 0.9 GB of 3.1 GB resident after two cycles was such free
-//! memory (see the README's memory figures). `malloc_trim` returns it.
+//! memory (see "A million plugs" in the README). `malloc_trim` returns it.
 
 /// Returns the allocator's free memory to the system; a no-op where the allocator is
 /// not glibc's.

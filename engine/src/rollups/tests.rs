@@ -401,3 +401,48 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+/// A plug's rows hold one copy of each tag: shared between its rows, and with its
+/// previous row (the tail's) while the tag stays the same; a changed tag is a new one.
+#[test]
+fn a_plugs_rows_share_its_tag_strings_with_each_other_and_its_tail() {
+    let reading = |minute: i64, location: &str| Reading {
+        device: "plug-1".into(),
+        s: Sample {
+            ts: T0 + minute * 60 * S,
+            voltage: 230.0,
+            current: 0.5,
+            power: 100.0,
+            energy: Some(minute as f64),
+            relay_on: Some(true),
+        },
+        location: Some(location.into()),
+    };
+    let readings = [
+        reading(0, "kitchen"),
+        reading(1, "kitchen"),
+        reading(2, "hall"),
+    ];
+    let batch = crate::schema::to_record_batch(&[&to_batch(&readings)]);
+    let raw = RawRows::new(&batch).unwrap();
+    let samples: Vec<Sample> = readings.iter().map(|r| r.s).collect();
+    let cfg = RollupConfig::default();
+    let device: Arc<str> = Arc::from("plug-1");
+    let partials = compute(Resolution::Minute, None, None, &samples, &cfg);
+    let earlier = Row {
+        device: Arc::clone(&device),
+        p: partials[0].clone(),
+        location: Some(Arc::from("kitchen")),
+        device_type: None,
+    };
+    let rows = tagged(&device, &raw, 0, &samples, partials, Some(&earlier));
+    let tags: Vec<&Arc<str>> = rows.iter().map(|r| r.location.as_ref().unwrap()).collect();
+    assert_eq!(
+        tags.iter().map(|t| &***t).collect::<Vec<_>>(),
+        ["kitchen", "kitchen", "hall"]
+    );
+    let known = earlier.location.as_ref().unwrap();
+    assert!(Arc::ptr_eq(tags[0], known) && Arc::ptr_eq(tags[1], known));
+    assert!(rows.iter().all(|r| Arc::ptr_eq(&r.device, &device)));
+    assert!(rows.iter().all(|r| r.device_type.is_none()));
+}
