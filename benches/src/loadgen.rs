@@ -37,8 +37,9 @@
 //! `ceil(plugs / 64) × 8` bytes per simulated second (10 k plugs for an hour: 4.5 MB;
 //! 1 M plugs for an hour: 450 MB). Nothing per timestamp is stored. After the run it
 //! asks the server, per device, for the stored rows and distinct timestamps in the
-//! acknowledged time range ([`verify_sqls`], a query per range of plugs), and reports `lost` (acknowledged distinct
-//! readings not stored) and `duplicated` (rows stored beyond the distinct ones).
+//! acknowledged time range ([`verify_sqls`]: one query per range of plug ids), and
+//! reports `lost` (acknowledged distinct readings not stored) and `duplicated` (rows
+//! stored beyond the distinct ones).
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
@@ -978,10 +979,42 @@ fn verify(args: &LoadgenArgs, auth: Option<&str>, acks: &AckSet) -> Result<Verif
             unacked_stored: 0,
         });
     }
-    let url = format!("{}/api/v1/query", args.url.trim_end_matches('/'));
-    let agent = agent(Duration::from_secs(600));
+    let stored = stored_counts(
+        &agent(Duration::from_secs(600)),
+        &args.url,
+        auth,
+        args.plugs,
+        acked.iter().sum(),
+        (acks.min_ts, acks.max_ts),
+    )?;
+    let mut v = Verified {
+        lost: 0,
+        duplicated: 0,
+        unacked_stored: 0,
+    };
+    for (plug, &a) in acked.iter().enumerate() {
+        let (n, d) = stored.get(&(plug as u32)).copied().unwrap_or((0, 0));
+        v.lost += a.saturating_sub(d);
+        v.unacked_stored += d.saturating_sub(a);
+        v.duplicated += n.saturating_sub(d);
+    }
+    Ok(v)
+}
+
+/// Per plug index of a fleet of `plugs` simulated plugs (`readings` of them expected
+/// in `[min_ts, max_ts]`, ns): the rows and distinct times the server at `url` stores,
+/// counted by the [`verify_sqls`] queries. `auth` is an `Authorization` value.
+pub fn stored_counts(
+    agent: &ureq::Agent,
+    url: &str,
+    auth: Option<&str>,
+    plugs: u32,
+    readings: u64,
+    (min_ts, max_ts): (i64, i64),
+) -> Result<BTreeMap<u32, (u64, u64)>, VerifyError> {
+    let url = format!("{}/api/v1/query", url.trim_end_matches('/'));
     let mut stored = BTreeMap::new();
-    for sql in verify_sqls(args.plugs, acked.iter().sum(), acks.min_ts, acks.max_ts) {
+    for sql in verify_sqls(plugs, readings, min_ts, max_ts) {
         let mut req = agent.post(&url);
         if let Some(auth) = auth {
             req = req.set("Authorization", auth);
@@ -996,20 +1029,9 @@ fn verify(args: &LoadgenArgs, auth: Option<&str>, acks: &AckSet) -> Result<Verif
             }
             Err(ureq::Error::Transport(t)) => return Err(VerifyError::Transport(Box::new(t))),
         };
-        parse_counts(&csv, args.plugs, &mut stored)?;
+        parse_counts(&csv, plugs, &mut stored)?;
     }
-    let mut v = Verified {
-        lost: 0,
-        duplicated: 0,
-        unacked_stored: 0,
-    };
-    for (plug, &a) in acked.iter().enumerate() {
-        let (n, d) = stored.get(&(plug as u32)).copied().unwrap_or((0, 0));
-        v.lost += a.saturating_sub(d);
-        v.unacked_stored += d.saturating_sub(a);
-        v.duplicated += n.saturating_sub(d);
-    }
-    Ok(v)
+    Ok(stored)
 }
 
 /// Adds a `device_id,n,d` CSV with a header to plug index → (rows, distinct ts).

@@ -24,7 +24,7 @@ use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
 
 use crate::encode_json;
-use crate::loadgen::verify_sqls;
+use crate::loadgen::stored_counts;
 use crate::simulator::{Fleet, FleetConfig};
 
 const NS_PER_S: i64 = 1_000_000_000;
@@ -450,17 +450,14 @@ fn stored(
     max_ts: i64,
 ) -> Result<(u64, u64), MqttBenchError> {
     let agent = crate::http_agent(token, Duration::from_secs(300));
-    let (mut n, mut d) = (0, 0);
-    for sql in verify_sqls(plugs, readings, min_ts, max_ts) {
-        let rows: Vec<serde_json::Value> = agent
-            .post(&format!("{url}/api/v1/query"))
-            .send_json(serde_json::json!({"sql": sql, "format": "json"}))
-            .map_err(|e| wattdb_error(url, e))?
-            .into_json()
-            .map_err(|e| wattdb_error(url, e))?;
-        let sum = |key: &str| rows.iter().filter_map(|r| r[key].as_u64()).sum::<u64>();
-        n += sum("n");
-        d += sum("d");
-    }
-    Ok((n, d))
+    let counts =
+        stored_counts(&agent, url, None, plugs, readings, (min_ts, max_ts)).map_err(|e| {
+            match std::error::Error::source(&e) {
+                Some(cause) => wattdb_error(url, format!("{e}: {cause}")),
+                None => wattdb_error(url, e),
+            }
+        })?;
+    Ok(counts
+        .values()
+        .fold((0, 0), |(n, d), &(rows, distinct)| (n + rows, d + distinct)))
 }

@@ -433,9 +433,8 @@ fn roll_rows(to: Resolution, finer: &[Row]) -> Vec<Row> {
 }
 
 /// Rows for `partials` of one plug, computed from `samples` (rows `base..` of `raw`):
-/// each with the tags of its last reading.
-/// The tags of `known` (the plug's previous row) are shared when equal, so that a plug's
-/// rows and tail hold one copy of each tag.
+/// each with the tags of its last reading. Tags equal to those of `known` (the plug's
+/// previous row) share its strings, so a plug's rows and tail hold one copy of each.
 fn tagged(
     device: &Arc<str>,
     raw: &RawRows<'_>,
