@@ -115,7 +115,11 @@ pub(crate) struct Tail {
 /// The tails of the plugs persisted since the start. They live in the engine's shared
 /// state, next to the manifest they belong to, so that queries can extend them too
 /// ([`preview`]).
-pub(crate) type Tails = HashMap<Arc<str>, Tail>;
+///
+/// Boxed: a hash table has up to twice as many slots as entries, and a slot holds its
+/// value, so with a million plugs unboxed tails (about 800 bytes) would take 1.7 GB
+/// where boxed ones take 0.85 GB (48 MB of slots and the tails themselves).
+pub(crate) type Tails = HashMap<Arc<str>, Box<Tail>>;
 
 /// Computes the rollup rows of persist cycles.
 #[derive(Debug, Default)]
@@ -134,7 +138,7 @@ pub(crate) struct Update {
     pub recomputed: usize,
     /// Frozen readings too late to be rolled up.
     pub too_late: u64,
-    tails: Vec<(Arc<str>, Tail)>,
+    tails: Vec<(Arc<str>, Box<Tail>)>,
     /// The rows themselves, per resolution, when they are kept instead of uploaded
     /// ([`Uploads::keep`]).
     kept: [Vec<Row>; 3],
@@ -352,7 +356,7 @@ fn extend(
     run: Range<usize>,
     cfg: &RollupConfig,
     out: &mut Output,
-) -> Tail {
+) -> Box<Tail> {
     let samples: Vec<Sample> = run.clone().map(|i| raw.sample(i)).collect();
     let partials = compute(
         Resolution::Minute,
@@ -376,7 +380,7 @@ fn extend(
         continue_open(open, rows);
     }
     let last = |rows: &[Row], open: &Row| rows.last().unwrap_or(open).clone();
-    let new = Tail {
+    let new = Box::new(Tail {
         last: samples.last().copied().unwrap_or(tail.last),
         last_energy: samples
             .iter()
@@ -388,7 +392,7 @@ fn extend(
             last(&tiers[1], &tail.open[1]),
             last(&tiers[2], &tail.open[2]),
         ],
-    };
+    });
     for (res, rows) in Resolution::ALL.into_iter().zip(tiers) {
         out.push(res, rows);
     }
@@ -479,7 +483,7 @@ async fn recompute(
     cfg: &RollupConfig,
     out: &mut Output,
     update: &mut Update,
-) -> Result<Vec<(Arc<str>, Tail)>> {
+) -> Result<Vec<(Arc<str>, Box<Tail>)>> {
     let store = uploads.store;
     let devices = DeviceSet::new(starts);
     let first_hour = starts.values().copied().min().unwrap_or(0);
@@ -667,11 +671,11 @@ async fn recompute(
         if let (Some(last), Some(m), Some(h), Some(d)) = (c.prev, c.minute, c.hour, c.day) {
             tails.push((
                 device,
-                Tail {
+                Box::new(Tail {
                     last,
                     last_energy: c.prev_energy,
                     open: [m, h, d],
-                },
+                }),
             ));
         }
     }
