@@ -489,7 +489,9 @@ async fn recompute(
     let first_hour = starts.values().copied().min().unwrap_or(0);
     let last_hour = starts.values().copied().max().unwrap_or(0);
     let day = |h: i64| Resolution::Day.bucket_start(h);
-    let mut carries: HashMap<Arc<str>, Carry> = HashMap::with_capacity(starts.len());
+    // Boxed, as tails are: a million recomputed plugs would otherwise fill twice as
+    // many 800-byte slots.
+    let mut carries: HashMap<Arc<str>, Box<Carry>> = HashMap::with_capacity(starts.len());
 
     // The day so far: 1h rows from the start of each plug's day to its first hour.
     let prefix = read_rollups(
@@ -665,6 +667,7 @@ async fn recompute(
     }
     let mut tails = Vec::with_capacity(carries.len());
     for (device, c) in carries {
+        let c = *c;
         if let Some(d) = &c.day {
             out.push(Resolution::Day, [d.clone()]);
         }
