@@ -194,6 +194,13 @@ pub async fn metrics(
         "wattdb_wal_replayed_readings {}",
         load(&e.replayed_rows)
     );
+    metric(
+        &mut out,
+        "wattdb_rollup_tails",
+        "gauge",
+        "Plugs whose rollup tail (newest reading and open 1m/1h/1d rows, about 800 bytes each) is held in memory.",
+    );
+    let _ = writeln!(out, "wattdb_rollup_tails {}", load(&e.rollup_tails));
     let (rows, bytes) = app.engine.buffer_usage();
     metric(
         &mut out,

@@ -213,6 +213,9 @@ pub struct EngineStats {
     pub rollup_recomputed_plugs: AtomicU64,
     /// Readings persisted raw but too late to change rollups.
     pub rollup_too_late: AtomicU64,
+    /// Plugs whose rollup tail (about 800 bytes each) is held in memory: every plug
+    /// persisted since the start.
+    pub rollup_tails: AtomicU64,
     /// Files removed by retention.
     pub expired_files: AtomicU64,
 }

@@ -355,7 +355,13 @@ async fn persist_frozen(
     {
         // The tails change with the manifest they belong to (lock order: view, tails).
         let mut view = shared.view.write();
-        Rollups::apply(&mut shared.tails.write(), &mut update);
+        let mut tails = shared.tails.write();
+        Rollups::apply(&mut tails, &mut update);
+        shared
+            .stats
+            .rollup_tails
+            .store(tails.len() as u64, Ordering::Relaxed);
+        drop(tails);
         view.manifest = Arc::new(m);
         view.frozen = None;
     }

@@ -463,6 +463,8 @@ fn s3_rollups_equal_what_pyarrow_reads_from_the_bucket_and_duckdb_recomputes_fro
             .unwrap()
             >= 2.0
     );
+    // Each of the fixture's three plugs keeps a tail in memory.
+    assert_eq!(server.metric("wattdb_rollup_tails"), Some(3.0));
     // WattDB's rollup rows, per resolution.
     let mut wattdb = serde_json::Map::new();
     for res in ["1m", "1h", "1d"] {
