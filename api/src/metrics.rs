@@ -290,8 +290,13 @@ pub async fn metrics(
         ),
         (
             "wattdb_rollup_recomputed_plugs_total",
-            "Plugs whose rollups a persist cycle recomputed from raw readings (late or rewritten readings, or the first cycle after a start).",
+            "Plugs whose rollups a persist cycle recomputed from raw readings (late or rewritten readings, or the first cycle after a restart).",
             &e.rollup_recomputed_plugs,
+        ),
+        (
+            "wattdb_rollup_new_plugs_total",
+            "Plugs whose rollups a persist cycle started with nothing persisted before (no file read).",
+            &e.rollup_new_plugs,
         ),
         (
             "wattdb_rollup_too_late_readings_total",

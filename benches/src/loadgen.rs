@@ -594,6 +594,8 @@ struct Shared {
     acked: AtomicU64,
     errors: AtomicU64,
     requests: AtomicU64,
+    /// Slowest acknowledgement since the progress line last printed (µs).
+    slowest_us: AtomicU64,
     acks: Mutex<AckSet>,
 }
 
@@ -604,6 +606,7 @@ impl Shared {
             acked: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            slowest_us: AtomicU64::new(0),
             acks: Mutex::new(AckSet::new(plugs)),
         }
     }
@@ -850,6 +853,7 @@ impl HttpSender {
                 let from = batch.scheduled.unwrap_or(sent_at);
                 let us = u64::try_from(from.elapsed().as_micros()).unwrap_or(u64::MAX);
                 stats.latency_us.record(us);
+                self.shared.slowest_us.fetch_max(us, Ordering::Relaxed);
                 self.shared
                     .acked
                     .fetch_add(batch.rows() as u64, Ordering::Relaxed);
@@ -948,12 +952,14 @@ fn print_progress(shared: &Shared, t0: Instant, stop: &Receiver<()>) {
         let now = Instant::now();
         let acked = shared.acked.load(Ordering::Relaxed);
         let rate = (acked - last_acked) as f64 / (now - last).as_secs_f64();
+        let slowest_ms = shared.slowest_us.swap(0, Ordering::Relaxed) as f64 / 1000.0;
         eprintln!(
-            "loadgen {:>6.1} s  {:>10.0} rows/s  sent {:>12}  acked {:>12}  errors {}",
+            "loadgen {:>6.1} s  {:>10.0} rows/s  sent {:>12}  acked {:>12}  slowest ack {:>8.1} ms  errors {}",
             (now - t0).as_secs_f64(),
             rate,
             shared.sent.load(Ordering::Relaxed),
             acked,
+            slowest_ms,
             shared.errors.load(Ordering::Relaxed),
         );
         last_acked = acked;

@@ -209,8 +209,11 @@ pub struct EngineStats {
     pub rollup_rows: [AtomicU64; 3],
     pub rollup_bytes: AtomicU64,
     /// Plugs whose rollups a persist cycle recomputed from raw readings (late data, or
-    /// the first cycle after a start).
+    /// the first cycle after a restart).
     pub rollup_recomputed_plugs: AtomicU64,
+    /// Plugs whose rollups a persist cycle started with nothing persisted before (no
+    /// file read).
+    pub rollup_new_plugs: AtomicU64,
     /// Readings persisted raw but too late to change rollups.
     pub rollup_too_late: AtomicU64,
     /// Plugs whose rollup tail (about 800 bytes each) is held in memory: every plug
@@ -592,9 +595,9 @@ impl Engine {
     ///
     /// The cost is that of the persist cycle's rollups for the plugs asked about: for a
     /// plug already persisted since the start with its new readings in order, its
-    /// tail is extended in memory; otherwise (the first cycle after a start, late or
-    /// rewritten readings) its rows are recomputed from the hour of its oldest new
-    /// reading, which reads that hour's raw files.
+    /// tail is extended in memory, as is a new one (no file can hold it); otherwise (the
+    /// first cycle after a restart, late or rewritten readings) its rows are recomputed
+    /// from the hour of its oldest new reading, which reads that hour's raw files.
     pub async fn live_rollups(
         &self,
         tier: Tier,

@@ -339,6 +339,7 @@ async fn persist_frozen(
         rollup_ms = t.elapsed().as_millis() as u64,
         rollup_files = update.files.len(),
         recomputed_plugs = update.recomputed,
+        new_plugs = update.new_plugs,
         "rollups written"
     );
     drop(sorted);
@@ -383,6 +384,9 @@ async fn persist_frozen(
     stats
         .rollup_recomputed_plugs
         .fetch_add(update.recomputed as u64, Ordering::Relaxed);
+    stats
+        .rollup_new_plugs
+        .fetch_add(update.new_plugs as u64, Ordering::Relaxed);
     stats
         .rollup_too_late
         .fetch_add(update.too_late, Ordering::Relaxed);

@@ -13,10 +13,15 @@
 //!   value, and the open 1m, 1h and 1d partials (the plug's *tail*, in memory). The new
 //!   readings extend it: partials for the new buckets, and the open buckets merged with
 //!   what the new readings add to them ([`Partial::merge_from`]). No file is read.
-//! - **Otherwise** (late, out-of-order or rewritten readings, or a plug with no tail yet,
-//!   as in the first cycle after a start): the plug's partials are recomputed from raw
-//!   readings, hour by hour, from the hour of its oldest frozen reading up to its newest
-//!   reading. Each hour's readings come from that hour's raw files and the frozen rows,
+//! - **New plugs**: a plug with no tail that no committed file can hold (its id is
+//!   outside every file's device range, as with every plug of an empty store) has
+//!   nothing persisted to start from; its tail starts from its frozen readings, as an
+//!   extension of nothing. No file is read.
+//! - **Otherwise** (late, out-of-order or rewritten readings, or a plug with no tail yet
+//!   that files may hold, as in the first cycle after a restart): the plug's partials
+//!   are recomputed from raw readings, hour by hour, from the hour of its oldest frozen
+//!   reading up to its newest reading. Each hour's readings come from that hour's raw
+//!   files and the frozen rows,
 //!   duplicates resolved by rank exactly as queries of `readings` resolve them. What
 //!   the recomputation starts from: the plug's last reading in the hour before (within
 //!   the gap cap), its last counter value before the hour (from the day's 1h partials
@@ -136,6 +141,8 @@ pub(crate) struct Update {
     pub rows: [u64; 3],
     /// Plugs whose rollups were recomputed from raw readings.
     pub recomputed: usize,
+    /// Plugs with nothing persisted before, whose tails started in this update.
+    pub new_plugs: usize,
     /// Frozen readings too late to be rolled up.
     pub too_late: u64,
     tails: Vec<(Arc<str>, Box<Tail>)>,
@@ -188,20 +195,30 @@ impl Rollups {
             // A recomputation reads the hour before its first: keep it within raw data.
             cutoff = cutoff.max(c.saturating_add(HOUR_NS));
         }
+        let persisted = DeviceRanges::new(&base.files);
         let mut starts: HashMap<Arc<str>, i64> = HashMap::new();
         for run in raw.device_runs() {
             let device = raw.device.value(run.start);
             match tails.get_key_value(device) {
                 Some((device, tail)) if raw.ts[run.start] > tail.last.ts => {
                     let device = Arc::clone(device);
-                    let tail = extend(tail, &device, &raw, run, &self.settings.math, &mut out);
-                    update.tails.push((device, tail));
+                    let math = &self.settings.math;
+                    if let Some(tail) = extend(Some(tail), &device, &raw, run, math, &mut out) {
+                        update.tails.push((device, tail));
+                    }
                 }
-                _ => {
+                found => {
                     let rows = &raw.ts[run.clone()];
                     let late = rows.partition_point(|&t| t < cutoff);
                     update.too_late += late as u64;
-                    if late < rows.len() {
+                    if late == 0 && found.is_none() && !persisted.may_hold(device) {
+                        let device: Arc<str> = Arc::from(device);
+                        let math = &self.settings.math;
+                        if let Some(tail) = extend(None, &device, &raw, run, math, &mut out) {
+                            update.tails.push((device, tail));
+                        }
+                        update.new_plugs += 1;
+                    } else if late < rows.len() {
                         let h0 = Resolution::Hour.bucket_start(rows[late]);
                         starts.insert(Arc::from(device), h0);
                     }
@@ -348,20 +365,22 @@ pub fn tier_of(res: Resolution) -> Tier {
     }
 }
 
-/// Extends a plug's tail with newer readings (`run` of `raw`); the new tail.
+/// Extends a plug's tail with newer readings (`run` of `raw`), or starts one for a plug
+/// with nothing persisted (`tail` is `None`); the new tail (`None` only if there is
+/// neither a tail nor a reading).
 fn extend(
-    tail: &Tail,
+    tail: Option<&Tail>,
     device: &Arc<str>,
     raw: &RawRows<'_>,
     run: Range<usize>,
     cfg: &RollupConfig,
     out: &mut Output,
-) -> Box<Tail> {
+) -> Option<Box<Tail>> {
     let samples: Vec<Sample> = run.clone().map(|i| raw.sample(i)).collect();
     let partials = compute(
         Resolution::Minute,
-        Some(&tail.last),
-        tail.last_energy,
+        tail.map(|t| &t.last),
+        tail.and_then(|t| t.last_energy),
         &samples,
         cfg,
     );
@@ -371,32 +390,33 @@ fn extend(
         run.start,
         &samples,
         partials,
-        Some(&tail.open[0]),
+        tail.map(|t| &t.open[0]),
     );
     let hour = roll_rows(Resolution::Hour, &minute);
     let day = roll_rows(Resolution::Day, &hour);
     let mut tiers = [minute, hour, day];
-    for (rows, open) in tiers.iter_mut().zip(&tail.open) {
-        continue_open(open, rows);
+    if let Some(t) = tail {
+        for (rows, open) in tiers.iter_mut().zip(&t.open) {
+            continue_open(open, rows);
+        }
     }
-    let last = |rows: &[Row], open: &Row| rows.last().unwrap_or(open).clone();
+    let open = |i: usize| {
+        let rows: &[Row] = &tiers[i];
+        rows.last().or(tail.map(|t| &t.open[i])).cloned()
+    };
     let new = Box::new(Tail {
-        last: samples.last().copied().unwrap_or(tail.last),
+        last: samples.last().copied().or(tail.map(|t| t.last))?,
         last_energy: samples
             .iter()
             .rev()
             .find_map(|s| s.energy)
-            .or(tail.last_energy),
-        open: [
-            last(&tiers[0], &tail.open[0]),
-            last(&tiers[1], &tail.open[1]),
-            last(&tiers[2], &tail.open[2]),
-        ],
+            .or(tail.and_then(|t| t.last_energy)),
+        open: [open(0)?, open(1)?, open(2)?],
     });
     for (res, rows) in Resolution::ALL.into_iter().zip(tiers) {
         out.push(res, rows);
     }
-    new
+    Some(new)
 }
 
 /// When the first new row is of the open row's bucket, it becomes the open row merged
@@ -683,6 +703,37 @@ async fn recompute(
         }
     }
     Ok(tails)
+}
+
+/// The device ranges of committed files, merged: a plug outside all of them has nothing
+/// persisted (raw readings or rollups).
+struct DeviceRanges<'a> {
+    /// Disjoint `[min, max]` ranges, ascending.
+    ranges: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> DeviceRanges<'a> {
+    fn new(files: &'a [FileMeta]) -> Self {
+        let mut all: Vec<(&str, &str)> = files
+            .iter()
+            .map(|f| (f.min_device.as_str(), f.max_device.as_str()))
+            .collect();
+        all.sort_unstable();
+        let mut ranges: Vec<(&str, &str)> = Vec::new();
+        for (lo, hi) in all {
+            match ranges.last_mut() {
+                Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
+                _ => ranges.push((lo, hi)),
+            }
+        }
+        Self { ranges }
+    }
+
+    /// Whether a committed file may hold readings or rollups of `device`.
+    fn may_hold(&self, device: &str) -> bool {
+        let i = self.ranges.partition_point(|&(lo, _)| lo <= device);
+        i > 0 && device <= self.ranges[i - 1].1
+    }
 }
 
 /// The plugs of a recomputation, for pruning files by their device range.

@@ -463,6 +463,9 @@ fn s3_rollups_equal_what_pyarrow_reads_from_the_bucket_and_duckdb_recomputes_fro
             .unwrap()
             >= 2.0
     );
+    // The first cycle found nothing persisted: its plugs' tails started from their
+    // readings, with no file read (and the rows below still equal DuckDB's).
+    assert_eq!(server.metric("wattdb_rollup_new_plugs_total"), Some(3.0));
     // Each of the fixture's three plugs keeps a tail in memory.
     assert_eq!(server.metric("wattdb_rollup_tails"), Some(3.0));
     // WattDB's rollup rows, per resolution.

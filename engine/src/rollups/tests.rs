@@ -198,6 +198,17 @@ async fn rollups_equal_a_recomputation_from_the_raw_readings() {
         let mut rng = StdRng::seed_from_u64(seed);
         let dir = tempfile::tempdir().unwrap();
         let mut engine = Engine::open(config(dir.path())).unwrap();
+        // Plugs started with nothing persisted, and plugs recomputed, over every engine
+        // of the run.
+        let paths = |engine: &Engine| {
+            let s = engine.stats();
+            [
+                s.rollup_new_plugs.load(Ordering::Relaxed),
+                s.rollup_recomputed_plugs.load(Ordering::Relaxed),
+            ]
+        };
+        let mut started = 0;
+        let mut recomputed = 0;
         let plugs = rng.random_range(1..5);
         let span_s = rng.random_range(1_800..3 * 3_600);
         // Each plug's readings in chunks; chunks go out mostly in order, some late.
@@ -241,12 +252,16 @@ async fn rollups_equal_a_recomputation_from_the_raw_readings() {
                 3 => {
                     // A restart: the tails are gone, the next cycle recomputes.
                     engine.persist().await.unwrap();
+                    let [n, r] = paths(&engine);
+                    (started, recomputed) = (started + n, recomputed + r);
                     engine.shutdown();
                     drop(engine);
                     engine = Engine::open(config(dir.path())).unwrap();
                 }
                 4 => {
                     // A crash: the buffer comes back from the WAL.
+                    let [n, r] = paths(&engine);
+                    (started, recomputed) = (started + n, recomputed + r);
                     engine.shutdown();
                     drop(engine);
                     engine = Engine::open(config(dir.path())).unwrap();
@@ -256,15 +271,30 @@ async fn rollups_equal_a_recomputation_from_the_raw_readings() {
         }
         engine.persist().await.unwrap();
         check(&engine, &model, seed).await;
+        // Then each plug's first reading rewritten: persisted, so recomputed.
+        let mut firsts: Vec<Reading> = Vec::new();
+        for ((device, _), r) in &model {
+            if firsts.last().is_none_or(|f| &f.device != device) {
+                let mut r = r.clone();
+                r.s.power += 1.0;
+                firsts.push(r);
+            }
+        }
+        engine.write(to_batch(&firsts)).await.unwrap();
+        for r in firsts {
+            model.insert((r.device.clone(), r.s.ts), r);
+        }
+        engine.persist().await.unwrap();
+        check(&engine, &model, seed).await;
         // Compaction of every tier changes nothing.
         engine.compact().await.unwrap();
         check(&engine, &model, seed).await;
+        let [n, r] = paths(&engine);
+        (started, recomputed) = (started + n, recomputed + r);
+        // The first cycle's plugs are new; late readings and restarts recompute.
+        assert!(started > 0, "seed {seed}: no new plug was started");
         assert!(
-            engine
-                .stats()
-                .rollup_recomputed_plugs
-                .load(Ordering::Relaxed)
-                > 0,
+            recomputed > 0,
             "seed {seed}: no recomputation was exercised"
         );
     }
