@@ -121,10 +121,51 @@ pub(crate) struct Tail {
 /// state, next to the manifest they belong to, so that queries can extend them too
 /// ([`preview`]).
 ///
-/// Boxed: a hash table has up to twice as many slots as entries, and a slot holds its
-/// value, so with a million plugs unboxed tails (about 800 bytes) would take 1.7 GB
-/// where boxed ones take 0.85 GB (48 MB of slots and the tails themselves).
-pub(crate) type Tails = HashMap<Arc<str>, Box<Tail>>;
+/// Dense: the tails (about 800 bytes each) lie side by side in one vector, and the hash
+/// table maps a plug to its place. With a million plugs, tails in the table's slots
+/// took 1.7 GB (a table has up to twice as many slots as entries); a box per tail took
+/// 0.85 GB, but a persist cycle that replaced every box left the allocator's heap
+/// fragmented, so that the process stayed 0.8 GB larger than what it held. One vector
+/// is one allocation, and a cycle's new tails are another that it frees whole.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Tails {
+    index: HashMap<Arc<str>, u32>,
+    tails: Vec<Tail>,
+}
+
+impl Tails {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Plugs with a tail.
+    pub fn len(&self) -> usize {
+        self.tails.len()
+    }
+
+    /// The plug's id as the tails hold it, and its tail.
+    pub fn get_key_value(&self, device: &str) -> Option<(&Arc<str>, &Tail)> {
+        let (k, &i) = self.index.get_key_value(device)?;
+        Some((k, &self.tails[i as usize]))
+    }
+
+    /// Sets the plug's tail.
+    pub fn insert(&mut self, device: Arc<str>, tail: Tail) {
+        match self.index.get(&device) {
+            Some(&i) => self.tails[i as usize] = tail,
+            None => {
+                self.index.insert(device, self.tails.len() as u32);
+                self.tails.push(tail);
+            }
+        }
+    }
+
+    /// Room for `more` new plugs.
+    fn reserve(&mut self, more: usize) {
+        self.index.reserve(more);
+        self.tails.reserve(more);
+    }
+}
 
 /// Computes the rollup rows of persist cycles.
 #[derive(Debug, Default)]
@@ -145,7 +186,7 @@ pub(crate) struct Update {
     pub new_plugs: usize,
     /// Frozen readings too late to be rolled up.
     pub too_late: u64,
-    tails: Vec<(Arc<str>, Box<Tail>)>,
+    tails: Vec<(Arc<str>, Tail)>,
     /// The rows themselves, per resolution, when they are kept instead of uploaded
     /// ([`Uploads::keep`]).
     kept: [Vec<Row>; 3],
@@ -159,7 +200,13 @@ impl Rollups {
     /// Keeps the tails of a committed update (call it as the manifest with the
     /// update's files is published).
     pub fn apply(tails: &mut Tails, update: &mut Update) {
-        for (device, tail) in update.tails.drain(..) {
+        let new = update
+            .tails
+            .iter()
+            .filter(|(d, _)| !tails.index.contains_key(d))
+            .count();
+        tails.reserve(new);
+        for (device, tail) in std::mem::take(&mut update.tails) {
             tails.insert(device, tail);
         }
     }
@@ -230,7 +277,7 @@ impl Rollups {
         }
         if !starts.is_empty() {
             update.recomputed = starts.len();
-            let tails = recompute(
+            recompute(
                 uploads,
                 &base.files,
                 sorted,
@@ -240,7 +287,6 @@ impl Rollups {
                 &mut update,
             )
             .await?;
-            update.tails.extend(tails);
         }
         out.flush(uploads, &mut update).await?;
         Ok(update)
@@ -375,7 +421,7 @@ fn extend(
     run: Range<usize>,
     cfg: &RollupConfig,
     out: &mut Output,
-) -> Option<Box<Tail>> {
+) -> Option<Tail> {
     let samples: Vec<Sample> = run.clone().map(|i| raw.sample(i)).collect();
     let partials = compute(
         Resolution::Minute,
@@ -404,7 +450,7 @@ fn extend(
         let rows: &[Row] = &tiers[i];
         rows.last().or(tail.map(|t| &t.open[i])).cloned()
     };
-    let new = Box::new(Tail {
+    let new = Tail {
         last: samples.last().copied().or(tail.map(|t| t.last))?,
         last_energy: samples
             .iter()
@@ -412,7 +458,7 @@ fn extend(
             .find_map(|s| s.energy)
             .or(tail.and_then(|t| t.last_energy)),
         open: [open(0)?, open(1)?, open(2)?],
-    });
+    };
     for (res, rows) in Resolution::ALL.into_iter().zip(tiers) {
         out.push(res, rows);
     }
@@ -493,8 +539,54 @@ struct Carry {
     day: Option<Row>,
 }
 
+/// The carries of a recomputation, side by side as tails are ([`Tails`]).
+struct Carries {
+    index: HashMap<Arc<str>, u32>,
+    carries: Vec<(Arc<str>, Carry)>,
+}
+
+impl Carries {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            index: HashMap::with_capacity(n),
+            carries: Vec::with_capacity(n),
+        }
+    }
+
+    /// The plug's carry, a new one if it has none.
+    fn entry(&mut self, device: &Arc<str>) -> &mut Carry {
+        let i = match self.index.get(device) {
+            Some(&i) => i as usize,
+            None => {
+                let i = self.carries.len();
+                self.index.insert(Arc::clone(device), i as u32);
+                self.carries.push((Arc::clone(device), Carry::default()));
+                i
+            }
+        };
+        &mut self.carries[i].1
+    }
+
+    fn get(&self, device: &str) -> Option<&Carry> {
+        self.index.get(device).map(|&i| &self.carries[i as usize].1)
+    }
+
+    fn len(&self) -> usize {
+        self.carries.len()
+    }
+
+    /// Takes the carries out one by one, giving their memory back as it empties.
+    fn pop(&mut self) -> Option<(Arc<str>, Carry)> {
+        let next = self.carries.pop();
+        if self.carries.len().is_multiple_of(65_536) {
+            self.carries.shrink_to_fit();
+        }
+        next
+    }
+}
+
 /// Recomputes the rollups of the plugs in `starts` from the hour given for each up to
-/// their newest reading; the plugs' new tails.
+/// their newest reading; adds the plugs' new tails to `update`.
 async fn recompute(
     uploads: &mut Uploads<'_>,
     files: &[FileMeta],
@@ -503,15 +595,13 @@ async fn recompute(
     cfg: &RollupConfig,
     out: &mut Output,
     update: &mut Update,
-) -> Result<Vec<(Arc<str>, Box<Tail>)>> {
+) -> Result<()> {
     let store = uploads.store;
     let devices = DeviceSet::new(starts);
     let first_hour = starts.values().copied().min().unwrap_or(0);
     let last_hour = starts.values().copied().max().unwrap_or(0);
     let day = |h: i64| Resolution::Day.bucket_start(h);
-    // Boxed, as tails are: a million recomputed plugs would otherwise fill twice as
-    // many 800-byte slots.
-    let mut carries: HashMap<Arc<str>, Box<Carry>> = HashMap::with_capacity(starts.len());
+    let mut carries = Carries::with_capacity(starts.len());
 
     // The day so far: 1h rows from the start of each plug's day to its first hour.
     let prefix = read_rollups(
@@ -528,7 +618,7 @@ async fn recompute(
     )
     .await?;
     for row in prefix {
-        let c = carries.entry(Arc::clone(&row.device)).or_default();
+        let c = carries.entry(&row.device);
         c.prev_energy = row.p.energy_last.or(c.prev_energy);
         match &mut c.day {
             Some(d) => merge_row(d, &row),
@@ -538,7 +628,7 @@ async fn recompute(
     // The counter before the day: from the 1d rows of earlier days.
     let missing: HashMap<&str, i64> = starts
         .iter()
-        .filter(|(d, _)| carries.get(&**d).is_none_or(|c| c.prev_energy.is_none()))
+        .filter(|(d, _)| carries.get(d).is_none_or(|c| c.prev_energy.is_none()))
         .map(|(d, &h)| (&**d, day(h)))
         .collect();
     if !missing.is_empty() {
@@ -555,10 +645,7 @@ async fn recompute(
         .await?;
         for row in earlier {
             // Sorted by bucket: the last one per plug wins.
-            carries
-                .entry(Arc::clone(&row.device))
-                .or_default()
-                .prev_energy = row.p.energy_last;
+            carries.entry(&row.device).prev_energy = row.p.energy_last;
         }
     }
 
@@ -632,7 +719,7 @@ async fn recompute(
             let Some((device, &h0)) = starts.get_key_value(name) else {
                 continue;
             };
-            let c = carries.entry(Arc::clone(device)).or_default();
+            let c = carries.entry(device);
             if hour < h0 {
                 // The reading before the plug's first hour (within the gap cap).
                 let s = raw.sample(run.end - 1);
@@ -685,24 +772,25 @@ async fn recompute(
             out.flush(uploads, update).await?;
         }
     }
-    let mut tails = Vec::with_capacity(carries.len());
-    for (device, c) in carries {
-        let c = *c;
+    // The carries become tails; the two vectors do not both hold all of them at once.
+    carries.index = HashMap::new();
+    update.tails.reserve(carries.len());
+    while let Some((device, c)) = carries.pop() {
         if let Some(d) = &c.day {
             out.push(Resolution::Day, [d.clone()]);
         }
         if let (Some(last), Some(m), Some(h), Some(d)) = (c.prev, c.minute, c.hour, c.day) {
-            tails.push((
+            update.tails.push((
                 device,
-                Box::new(Tail {
+                Tail {
                     last,
                     last_energy: c.prev_energy,
                     open: [m, h, d],
-                }),
+                },
             ));
         }
     }
-    Ok(tails)
+    Ok(())
 }
 
 /// The device ranges of committed files, merged: a plug outside all of them has nothing
