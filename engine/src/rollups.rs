@@ -122,48 +122,98 @@ pub(crate) struct Tail {
 /// ([`preview`]).
 ///
 /// Dense: the tails (about 800 bytes each) lie side by side in one vector, and the hash
-/// table maps a plug to its place. With a million plugs, tails in the table's slots
-/// took 1.7 GB (a table has up to twice as many slots as entries); a box per tail took
-/// 0.85 GB, but a persist cycle that replaced every box left the allocator's heap
-/// fragmented, so that the process stayed 0.8 GB larger than what it held. One vector
-/// is one allocation, and a cycle's new tails are another that it frees whole.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Tails {
+/// table maps a plug to its place ([`Indexed`]). With a million plugs, tails in the
+/// table's slots took 1.7 GB (a table has up to twice as many slots as entries); a box
+/// per tail took 0.85 GB, but a persist cycle that replaced every box left the
+/// allocator's heap fragmented, so that the process stayed 0.8 GB larger than what it
+/// held. One vector is one allocation, and a cycle's new tails are another that it
+/// frees whole.
+pub(crate) type Tails = Indexed<Tail>;
+
+/// Per-plug values side by side in one vector, found through a hash table of plug ids.
+#[derive(Debug)]
+pub(crate) struct Indexed<T> {
     index: HashMap<Arc<str>, u32>,
-    tails: Vec<Tail>,
+    items: Vec<(Arc<str>, T)>,
 }
 
-impl Tails {
+impl<T> Default for Indexed<T> {
+    fn default() -> Self {
+        Self {
+            index: HashMap::new(),
+            items: Vec::new(),
+        }
+    }
+}
+
+impl<T> Indexed<T> {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Plugs with a tail.
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            index: HashMap::with_capacity(n),
+            items: Vec::with_capacity(n),
+        }
+    }
+
+    /// Plugs with a value.
     pub fn len(&self) -> usize {
-        self.tails.len()
+        self.items.len()
     }
 
-    /// The plug's id as the tails hold it, and its tail.
-    pub fn get_key_value(&self, device: &str) -> Option<(&Arc<str>, &Tail)> {
-        let (k, &i) = self.index.get_key_value(device)?;
-        Some((k, &self.tails[i as usize]))
+    /// The plug's id as held here, and its value.
+    pub fn get_key_value(&self, device: &str) -> Option<(&Arc<str>, &T)> {
+        let &i = self.index.get(device)?;
+        let (k, v) = &self.items[i as usize];
+        Some((k, v))
     }
 
-    /// Sets the plug's tail.
-    pub fn insert(&mut self, device: Arc<str>, tail: Tail) {
+    fn get(&self, device: &str) -> Option<&T> {
+        self.get_key_value(device).map(|(_, v)| v)
+    }
+
+    /// Sets the plug's value.
+    pub fn insert(&mut self, device: Arc<str>, value: T) {
         match self.index.get(&device) {
-            Some(&i) => self.tails[i as usize] = tail,
+            Some(&i) => self.items[i as usize].1 = value,
             None => {
-                self.index.insert(device, self.tails.len() as u32);
-                self.tails.push(tail);
+                self.index
+                    .insert(Arc::clone(&device), self.items.len() as u32);
+                self.items.push((device, value));
             }
         }
     }
 
-    /// Room for `more` new plugs.
-    fn reserve(&mut self, more: usize) {
-        self.index.reserve(more);
-        self.tails.reserve(more);
+    /// The plug's value, a default one if it has none.
+    fn entry(&mut self, device: &Arc<str>) -> &mut T
+    where
+        T: Default,
+    {
+        let i = match self.index.get(device) {
+            Some(&i) => i as usize,
+            None => {
+                let i = self.items.len();
+                self.index.insert(Arc::clone(device), i as u32);
+                self.items.push((Arc::clone(device), T::default()));
+                i
+            }
+        };
+        &mut self.items[i].1
+    }
+
+    /// Every value, taken out one by one; the vector gives its memory back as it
+    /// empties, so that what they become need not coexist with all of them.
+    fn drain_shrinking(self) -> impl Iterator<Item = (Arc<str>, T)> {
+        let mut items = self.items;
+        std::iter::from_fn(move || {
+            let next = items.pop();
+            if items.len().is_multiple_of(65_536) {
+                items.shrink_to_fit();
+            }
+            next
+        })
     }
 }
 
@@ -200,12 +250,6 @@ impl Rollups {
     /// Keeps the tails of a committed update (call it as the manifest with the
     /// update's files is published).
     pub fn apply(tails: &mut Tails, update: &mut Update) {
-        let new = update
-            .tails
-            .iter()
-            .filter(|(d, _)| !tails.index.contains_key(d))
-            .count();
-        tails.reserve(new);
         for (device, tail) in std::mem::take(&mut update.tails) {
             tails.insert(device, tail);
         }
@@ -246,30 +290,31 @@ impl Rollups {
         let mut starts: HashMap<Arc<str>, i64> = HashMap::new();
         for run in raw.device_runs() {
             let device = raw.device.value(run.start);
-            match tails.get_key_value(device) {
+            // The tail to extend (`None`: a new plug's, from nothing), or a recomputation.
+            let from = match tails.get_key_value(device) {
                 Some((device, tail)) if raw.ts[run.start] > tail.last.ts => {
-                    let device = Arc::clone(device);
-                    let math = &self.settings.math;
-                    if let Some(tail) = extend(Some(tail), &device, &raw, run, math, &mut out) {
-                        update.tails.push((device, tail));
-                    }
+                    Some((Arc::clone(device), Some(tail)))
                 }
                 found => {
                     let rows = &raw.ts[run.clone()];
                     let late = rows.partition_point(|&t| t < cutoff);
                     update.too_late += late as u64;
                     if late == 0 && found.is_none() && !persisted.may_hold(device) {
-                        let device: Arc<str> = Arc::from(device);
-                        let math = &self.settings.math;
-                        if let Some(tail) = extend(None, &device, &raw, run, math, &mut out) {
-                            update.tails.push((device, tail));
-                        }
                         update.new_plugs += 1;
-                    } else if late < rows.len() {
-                        let h0 = Resolution::Hour.bucket_start(rows[late]);
-                        starts.insert(Arc::from(device), h0);
+                        Some((Arc::from(device), None))
+                    } else {
+                        if late < rows.len() {
+                            let h0 = Resolution::Hour.bucket_start(rows[late]);
+                            starts.insert(Arc::from(device), h0);
+                        }
+                        None
                     }
                 }
+            };
+            if let Some((device, tail)) = from
+                && let Some(tail) = extend(tail, &device, &raw, run, &self.settings.math, &mut out)
+            {
+                update.tails.push((device, tail));
             }
             if out.len() >= FLUSH_ROWS {
                 out.flush(uploads, &mut update).await?;
@@ -539,52 +584,6 @@ struct Carry {
     day: Option<Row>,
 }
 
-/// The carries of a recomputation, side by side as tails are ([`Tails`]).
-struct Carries {
-    index: HashMap<Arc<str>, u32>,
-    carries: Vec<(Arc<str>, Carry)>,
-}
-
-impl Carries {
-    fn with_capacity(n: usize) -> Self {
-        Self {
-            index: HashMap::with_capacity(n),
-            carries: Vec::with_capacity(n),
-        }
-    }
-
-    /// The plug's carry, a new one if it has none.
-    fn entry(&mut self, device: &Arc<str>) -> &mut Carry {
-        let i = match self.index.get(device) {
-            Some(&i) => i as usize,
-            None => {
-                let i = self.carries.len();
-                self.index.insert(Arc::clone(device), i as u32);
-                self.carries.push((Arc::clone(device), Carry::default()));
-                i
-            }
-        };
-        &mut self.carries[i].1
-    }
-
-    fn get(&self, device: &str) -> Option<&Carry> {
-        self.index.get(device).map(|&i| &self.carries[i as usize].1)
-    }
-
-    fn len(&self) -> usize {
-        self.carries.len()
-    }
-
-    /// Takes the carries out one by one, giving their memory back as it empties.
-    fn pop(&mut self) -> Option<(Arc<str>, Carry)> {
-        let next = self.carries.pop();
-        if self.carries.len().is_multiple_of(65_536) {
-            self.carries.shrink_to_fit();
-        }
-        next
-    }
-}
-
 /// Recomputes the rollups of the plugs in `starts` from the hour given for each up to
 /// their newest reading; adds the plugs' new tails to `update`.
 async fn recompute(
@@ -601,7 +600,8 @@ async fn recompute(
     let first_hour = starts.values().copied().min().unwrap_or(0);
     let last_hour = starts.values().copied().max().unwrap_or(0);
     let day = |h: i64| Resolution::Day.bucket_start(h);
-    let mut carries = Carries::with_capacity(starts.len());
+    // Side by side, as tails are ([`Tails`]).
+    let mut carries: Indexed<Carry> = Indexed::with_capacity(starts.len());
 
     // The day so far: 1h rows from the start of each plug's day to its first hour.
     let prefix = read_rollups(
@@ -773,9 +773,8 @@ async fn recompute(
         }
     }
     // The carries become tails; the two vectors do not both hold all of them at once.
-    carries.index = HashMap::new();
     update.tails.reserve(carries.len());
-    while let Some((device, c)) = carries.pop() {
+    for (device, c) in carries.drain_shrinking() {
         if let Some(d) = &c.day {
             out.push(Resolution::Day, [d.clone()]);
         }
