@@ -5,22 +5,30 @@
 //! reading times in order with their global row numbers, so the earlier copy is found by
 //! a binary search (or not at all, in the common case of a reading newer than every
 //! other of its plug), and its row number goes into a deletion set that snapshots
-//! filter out. Small record batches at the tail are
-//! merged so that a stream of tiny writes does not become millions of tiny batches.
+//! filter out. Writes go into an open chunk of growing Arrow builders, which becomes a
+//! record batch without a copy once it holds [`CHUNK_ROWS`] rows: a stream of small
+//! writes neither becomes millions of tiny batches nor is copied twice (once into a
+//! small batch, again to merge the small batches).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringBuilder};
-use arrow::compute::{concat_batches, filter_record_batch};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Float64Builder, RecordBatch,
+    StringBuilder, TimestampNanosecondBuilder,
+};
+use arrow::compute::filter_record_batch;
 use hashbrown::HashMap;
 use wattdb_storage::ReadingBatch;
 
 use crate::schema::{readings_schema, to_record_batch};
 
-/// Tail batches smaller than this are merged once there are enough of them.
-const SMALL_BATCH_ROWS: usize = 32 * 1024;
-const MERGE_AFTER: usize = 16;
+/// Rows of the open chunk at which it becomes a record batch.
+const CHUNK_ROWS: usize = 64 * 1024;
+
+/// Memory of one row in the open chunk besides its strings: five 8-byte values, three
+/// string offsets, validity and relay bits, and the per-plug time index (16 bytes).
+const OPEN_ROW_BYTES: usize = 5 * 8 + 3 * 4 + 1 + 16;
 
 /// The latest reading of one plug, and when it was first and last seen.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +83,159 @@ struct Chunk {
     max_ts: i64,
     /// Oldest WAL segment holding one of its rows.
     min_segment: u64,
+}
+
+/// The rows inserted since the last chunk was sealed, in Arrow builders: they become a
+/// chunk's arrays without a copy ([`OpenChunk::seal`]); a snapshot copies them.
+#[derive(Debug)]
+struct OpenChunk {
+    first_row: u64,
+    min_ts: i64,
+    max_ts: i64,
+    min_segment: u64,
+    /// What [`Buffer::bytes`] counts for these rows.
+    bytes: usize,
+    device_id: StringBuilder,
+    ts: TimestampNanosecondBuilder,
+    voltage: Float64Builder,
+    current: Float64Builder,
+    power: Float64Builder,
+    energy: Float64Builder,
+    relay_on: BooleanBuilder,
+    location: StringBuilder,
+    device_type: StringBuilder,
+}
+
+impl OpenChunk {
+    fn new(first_row: u64) -> Self {
+        Self {
+            first_row,
+            min_ts: i64::MAX,
+            max_ts: i64::MIN,
+            min_segment: u64::MAX,
+            bytes: 0,
+            device_id: StringBuilder::with_capacity(CHUNK_ROWS, CHUNK_ROWS * 16),
+            ts: TimestampNanosecondBuilder::with_capacity(CHUNK_ROWS),
+            voltage: Float64Builder::with_capacity(CHUNK_ROWS),
+            current: Float64Builder::with_capacity(CHUNK_ROWS),
+            power: Float64Builder::with_capacity(CHUNK_ROWS),
+            energy: Float64Builder::with_capacity(CHUNK_ROWS),
+            relay_on: BooleanBuilder::with_capacity(CHUNK_ROWS),
+            location: StringBuilder::new(),
+            device_type: StringBuilder::new(),
+        }
+    }
+
+    fn rows(&self) -> usize {
+        arrow::array::ArrayBuilder::len(&self.ts)
+    }
+
+    /// Appends a batch's columns; returns the bytes it adds.
+    fn append(&mut self, b: &ReadingBatch) -> usize {
+        for id in b.device_id.iter() {
+            self.device_id.append_value(id);
+        }
+        self.ts.append_slice(&b.ts);
+        self.voltage.append_slice(&b.voltage);
+        self.current.append_slice(&b.current);
+        self.power.append_slice(&b.power);
+        for &e in &b.energy {
+            self.energy.append_option(e);
+        }
+        for &r in &b.relay_on {
+            self.relay_on.append_option(r);
+        }
+        for (builder, column) in [
+            (&mut self.location, &b.location),
+            (&mut self.device_type, &b.device_type),
+        ] {
+            if column.all_empty() {
+                builder.append_nulls(column.len());
+            } else {
+                for s in column.iter() {
+                    builder.append_option((!s.is_empty()).then_some(s));
+                }
+            }
+        }
+        let added = b.len() * OPEN_ROW_BYTES
+            + b.device_id.data().len()
+            + b.location.data().len()
+            + b.device_type.data().len();
+        self.bytes += added;
+        added
+    }
+
+    fn columns(
+        device_id: ArrayRef,
+        ts: arrow::array::TimestampNanosecondArray,
+        rest: [ArrayRef; 7],
+    ) -> RecordBatch {
+        let [
+            voltage,
+            current,
+            power,
+            energy,
+            relay_on,
+            location,
+            device_type,
+        ] = rest;
+        let columns = vec![
+            device_id,
+            Arc::new(ts.with_timezone("UTC")) as ArrayRef,
+            voltage,
+            current,
+            power,
+            energy,
+            relay_on,
+            location,
+            device_type,
+        ];
+        // Built to match the schema, so this cannot fail; an empty batch rather than a
+        // panic if that ever changes.
+        RecordBatch::try_new(readings_schema(), columns)
+            .unwrap_or_else(|_| RecordBatch::new_empty(readings_schema()))
+    }
+
+    /// The rows as a record batch, without copying them.
+    fn seal(mut self) -> Chunk {
+        let batch = Self::columns(
+            Arc::new(self.device_id.finish()),
+            self.ts.finish(),
+            [
+                Arc::new(self.voltage.finish()),
+                Arc::new(self.current.finish()),
+                Arc::new(self.power.finish()),
+                Arc::new(self.energy.finish()),
+                Arc::new(self.relay_on.finish()),
+                Arc::new(self.location.finish()),
+                Arc::new(self.device_type.finish()),
+            ],
+        );
+        Chunk {
+            first_row: self.first_row,
+            batch,
+            min_ts: self.min_ts,
+            max_ts: self.max_ts,
+            min_segment: self.min_segment,
+        }
+    }
+
+    /// A copy of the rows, for a snapshot.
+    fn copy(&self) -> RecordBatch {
+        Self::columns(
+            Arc::new(self.device_id.finish_cloned()),
+            self.ts.finish_cloned(),
+            [
+                Arc::new(self.voltage.finish_cloned()),
+                Arc::new(self.current.finish_cloned()),
+                Arc::new(self.power.finish_cloned()),
+                Arc::new(self.energy.finish_cloned()),
+                Arc::new(self.relay_on.finish_cloned()),
+                Arc::new(self.location.finish_cloned()),
+                Arc::new(self.device_type.finish_cloned()),
+            ],
+        )
+    }
 }
 
 /// Where the rows of a buffer came from in the WAL.
@@ -176,6 +337,8 @@ impl Frozen {
 #[derive(Debug)]
 pub struct Buffer {
     chunks: Vec<Chunk>,
+    /// Rows inserted since the last chunk was sealed.
+    open: Option<OpenChunk>,
     next_row: u64,
     /// Per plug (by dense key): reading times, sorted, and their live row numbers.
     times: Vec<PlugRows>,
@@ -200,6 +363,7 @@ impl Buffer {
     pub fn new() -> Self {
         Self {
             chunks: Vec::new(),
+            open: None,
             next_row: 0,
             times: Vec::new(),
             devices: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0x5eed)),
@@ -255,18 +419,43 @@ impl Buffer {
                 row += 1;
             }
         }
-        let batch = to_record_batch(parts);
-        // Arrow arrays plus the per-plug time index (16 bytes a reading).
-        self.bytes += batch.get_array_memory_size() + rows * 16;
         self.next_row = row;
-        self.chunks.push(Chunk {
-            first_row,
-            batch,
-            min_ts,
-            max_ts,
-            min_segment,
-        });
-        self.merge_small_tail();
+        if self.open.is_none() && rows >= CHUNK_ROWS {
+            // Big enough to be a chunk of its own: one copy, straight into Arrow.
+            let batch = to_record_batch(parts);
+            // Arrow arrays plus the per-plug time index (16 bytes a reading).
+            self.bytes += batch.get_array_memory_size() + rows * 16;
+            self.chunks.push(Chunk {
+                first_row,
+                batch,
+                min_ts,
+                max_ts,
+                min_segment,
+            });
+            return;
+        }
+        let open = self.open.get_or_insert_with(|| OpenChunk::new(first_row));
+        for b in parts {
+            self.bytes += open.append(b);
+        }
+        open.min_ts = open.min_ts.min(min_ts);
+        open.max_ts = open.max_ts.max(max_ts);
+        open.min_segment = open.min_segment.min(min_segment);
+        if open.rows() >= CHUNK_ROWS {
+            self.seal();
+        }
+    }
+
+    /// Turns the open chunk into a record batch.
+    fn seal(&mut self) {
+        if let Some(open) = self.open.take() {
+            let (counted, rows) = (open.bytes, open.rows());
+            let chunk = open.seal();
+            self.bytes = self.bytes.saturating_sub(counted)
+                + chunk.batch.get_array_memory_size()
+                + rows * 16;
+            self.chunks.push(chunk);
+        }
     }
 
     fn device_key(&mut self, id: &str) -> u32 {
@@ -292,40 +481,14 @@ impl Buffer {
         k
     }
 
-    fn merge_small_tail(&mut self) {
-        let small = self
-            .chunks
-            .iter()
-            .rev()
-            .take_while(|c| c.batch.num_rows() < SMALL_BATCH_ROWS)
-            .count();
-        if small < MERGE_AFTER {
-            return;
-        }
-        let start = self.chunks.len() - small;
-        let tail: Vec<Chunk> = self.chunks.drain(start..).collect();
-        let batches: Vec<&RecordBatch> = tail.iter().map(|c| &c.batch).collect();
-        match concat_batches(&readings_schema(), batches) {
-            Ok(batch) => self.chunks.push(Chunk {
-                first_row: tail[0].first_row,
-                batch,
-                min_ts: tail.iter().map(|c| c.min_ts).min().unwrap_or(i64::MAX),
-                max_ts: tail.iter().map(|c| c.max_ts).max().unwrap_or(i64::MIN),
-                min_segment: tail.iter().map(|c| c.min_segment).min().unwrap_or(0),
-            }),
-            Err(error) => {
-                tracing::warn!(%error, "could not merge buffer batches; keeping them apart");
-                self.chunks.extend(tail);
-            }
-        }
-    }
-
     /// The live readings whose time may fall in `[from, to]` (inclusive; `None` = open),
     /// with overwritten duplicates removed. Cheap: record batches are shared.
     pub fn snapshot(&self, from: Option<i64>, to: Option<i64>) -> Vec<RecordBatch> {
-        let mut out = Vec::with_capacity(self.chunks.len());
+        let outside =
+            |min: i64, max: i64| from.is_some_and(|f| max < f) || to.is_some_and(|t| min > t);
+        let mut out = Vec::with_capacity(self.chunks.len() + 1);
         for c in &self.chunks {
-            if from.is_some_and(|f| c.max_ts < f) || to.is_some_and(|t| c.min_ts > t) {
+            if outside(c.min_ts, c.max_ts) {
                 continue;
             }
             let end = c.first_row + c.batch.num_rows() as u64;
@@ -338,19 +501,56 @@ impl Buffer {
             for &r in dead {
                 keep[(r - c.first_row) as usize] = false;
             }
-            match filter_record_batch(&c.batch, &BooleanArray::from(keep)) {
-                Ok(b) => out.push(b),
-                Err(error) => {
-                    tracing::warn!(%error, "could not filter duplicates from a buffer batch")
+            out.extend(Self::filtered(&c.batch, keep));
+        }
+        if let Some(open) = self.open.as_ref().filter(|o| !outside(o.min_ts, o.max_ts)) {
+            // Copied anyway, so cut to the time range exactly.
+            let batch = open.copy();
+            let end = open.first_row + batch.num_rows() as u64;
+            let dead = self.deleted.range(open.first_row..end);
+            let keep = match (from, to, dead.clone().next()) {
+                (None, None, None) => None,
+                _ => {
+                    let ts = batch
+                        .column(1)
+                        .as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+                    let mut keep: Vec<bool> = ts
+                        .values()
+                        .iter()
+                        .map(|&t| from.is_none_or(|f| t >= f) && to.is_none_or(|e| t <= e))
+                        .collect();
+                    for &r in dead {
+                        keep[(r - open.first_row) as usize] = false;
+                    }
+                    Some(keep)
                 }
+            };
+            match keep {
+                None => out.push(batch),
+                Some(keep) => out.extend(Self::filtered(&batch, keep)),
             }
         }
         out
     }
 
+    /// The rows of `batch` marked to keep; `None` if none are (or filtering failed).
+    fn filtered(batch: &RecordBatch, keep: Vec<bool>) -> Option<RecordBatch> {
+        if !keep.contains(&true) {
+            return None;
+        }
+        match filter_record_batch(batch, &BooleanArray::from(keep)) {
+            Ok(b) => Some(b),
+            Err(error) => {
+                tracing::warn!(%error, "could not filter duplicates from a buffer batch");
+                None
+            }
+        }
+    }
+
     /// Takes every row out for persistence (keeping the latest value of each plug), or
     /// `None` when the buffer holds no rows.
     pub fn freeze(&mut self) -> Option<Frozen> {
+        self.seal();
         if self.chunks.is_empty() {
             return None;
         }
@@ -393,7 +593,12 @@ impl Buffer {
     /// Oldest WAL segment that rows in the buffer, or records not yet inserted, may
     /// come from: segments before it hold nothing the buffer still needs.
     pub fn min_segment(&self) -> Option<u64> {
-        let chunks = self.chunks.iter().map(|c| c.min_segment).min();
+        let chunks = self
+            .chunks
+            .iter()
+            .map(|c| c.min_segment)
+            .chain(self.open.as_ref().map(|o| o.min_segment))
+            .min();
         match (chunks, self.applied) {
             (Some(c), Some(a)) => Some(c.min(a.segment)),
             (c, a) => c.or(a.map(|a| a.segment)),
@@ -407,8 +612,13 @@ impl Buffer {
 
     /// Time range of the rows held (`None` when empty).
     pub fn time_range(&self) -> Option<(i64, i64)> {
-        let lo = self.chunks.iter().map(|c| c.min_ts).min()?;
-        let hi = self.chunks.iter().map(|c| c.max_ts).max()?;
+        let ranges = self
+            .chunks
+            .iter()
+            .map(|c| (c.min_ts, c.max_ts))
+            .chain(self.open.as_ref().map(|o| (o.min_ts, o.max_ts)));
+        let lo = ranges.clone().map(|r| r.0).min()?;
+        let hi = ranges.map(|r| r.1).max()?;
         Some((lo, hi))
     }
 
@@ -444,15 +654,15 @@ impl Buffer {
         self.bytes
     }
 
+    /// Record batches held, the open chunk included.
     pub fn batches(&self) -> usize {
-        self.chunks.len()
+        self.chunks.len() + usize::from(self.open.is_some())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Float64Type, TimestampNanosecondType};
     use wattdb_storage::ReadingRef;
 
@@ -561,6 +771,113 @@ mod tests {
         let r = rows(&buf.snapshot(None, None));
         assert_eq!(r.len(), 1000);
         assert_eq!(r[500], ("p".into(), 500, -1.0));
+    }
+
+    /// Every column of every row, as text (the time as 20 digits), sorted.
+    fn full_rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        for b in batches {
+            let ts = b.column(1).as_primitive::<TimestampNanosecondType>();
+            for i in 0..b.num_rows() {
+                let mut row: Vec<String> = b
+                    .columns()
+                    .iter()
+                    .map(|c| match c.is_null(i) {
+                        true => "NULL".to_owned(),
+                        false => arrow::util::display::array_value_to_string(c, i)
+                            .unwrap_or_else(|e| e.to_string()),
+                    })
+                    .collect();
+                row[1] = format!("{:020}", ts.value(i));
+                out.push(row);
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn open_sealed_and_big_chunks_keep_every_column_and_the_last_write() {
+        // Reading k of a pass: plug k % 97 at time k / 97, with nulls and tags varied.
+        let reading = |k: u64, pass: u64, b: &mut ReadingBatch, model: &mut Vec<ReadingBatch>| {
+            let id = format!("p{}", k % 97);
+            let r = ReadingRef {
+                device_id: &id,
+                ts: (k / 97) as i64,
+                voltage: 230.0 + (k % 10) as f64,
+                current: 0.001 * k as f64,
+                power: (pass * 1_000_000 + k) as f64,
+                energy: (!k.is_multiple_of(3)).then_some(k as f64 * 0.5),
+                relay_on: match k % 4 {
+                    0 => None,
+                    1 => Some(true),
+                    _ => Some(false),
+                },
+                location: (!k.is_multiple_of(5)).then_some("lab"),
+                device_type: k.is_multiple_of(2).then_some("fridge"),
+            };
+            b.push(r);
+            let mut one = ReadingBatch::new();
+            one.push(r);
+            model.push(one);
+        };
+        let mut buf = Buffer::new();
+        let mut written = Vec::new();
+        let mut insert = |buf: &mut Buffer, ks: std::ops::Range<u64>, pass: u64| {
+            let mut b = ReadingBatch::new();
+            for k in ks {
+                reading(k, pass, &mut b, &mut written);
+            }
+            buf.insert_test(&[&b]);
+        };
+        // Small inserts until the open chunk is sealed, ...
+        let mut k = 0;
+        while buf.chunks.is_empty() {
+            insert(&mut buf, k..k + 5_000, 0);
+            k += 5_000;
+        }
+        assert!(buf.open.is_none());
+        // ... one big enough for a chunk of its own, ...
+        insert(&mut buf, k..k + CHUNK_ROWS as u64 + 10, 0);
+        k += CHUNK_ROWS as u64 + 10;
+        assert_eq!((buf.chunks.len(), buf.open.is_none()), (2, true));
+        // ... then small ones again, rewriting readings of all three chunks.
+        insert(&mut buf, k..k + 3_000, 0);
+        insert(&mut buf, 100..200, 1);
+        insert(&mut buf, k - 50..k + 50, 1);
+        insert(&mut buf, k + 2_990..k + 3_000, 2);
+        assert!(buf.open.is_some());
+        assert_eq!(buf.batches(), 3);
+
+        // The model: one buffer per write, last write wins.
+        let mut model = Buffer::new();
+        let refs: Vec<&ReadingBatch> = written.iter().collect();
+        model.insert_test(&refs);
+        let expected = full_rows(&model.snapshot(None, None));
+        assert_eq!(expected.len() as u64, k + 3_000);
+        assert_eq!(full_rows(&buf.snapshot(None, None)), expected);
+        assert_eq!(buf.rows(), k + 3_000);
+
+        // A time range: sealed chunks come whole, the open one cut to the range.
+        let (from, to) = ((k / 97) as i64, (k / 97) as i64 + 3);
+        let in_range = |rows: Vec<Vec<String>>| -> Vec<Vec<String>> {
+            rows.into_iter()
+                .filter(|r| (from..=to).contains(&r[1].parse::<i64>().unwrap()))
+                .collect()
+        };
+        let part = buf.snapshot(Some(from), Some(to));
+        assert_eq!(in_range(full_rows(&part)), in_range(expected.clone()));
+        let open_part = part.last().unwrap();
+        assert!(
+            open_part.num_rows() < 3_000,
+            "the open chunk is cut to the range"
+        );
+
+        // Frozen and sorted: the same rows.
+        let frozen = buf.freeze().unwrap();
+        assert_eq!(frozen.rows, k + 3_000);
+        assert_eq!(full_rows(&[frozen.sorted().unwrap()]), expected);
+        assert_eq!((buf.batches(), buf.rows()), (0, 0));
     }
 
     #[test]
