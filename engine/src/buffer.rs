@@ -85,6 +85,28 @@ struct Chunk {
     min_segment: u64,
 }
 
+/// An open chunk's builders as a record batch: `finish` takes their buffers (no copy),
+/// `finish_cloned` copies them.
+macro_rules! open_batch {
+    ($open:expr, $finish:ident) => {{
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new($open.device_id.$finish()),
+            Arc::new($open.ts.$finish().with_timezone("UTC")),
+            Arc::new($open.voltage.$finish()),
+            Arc::new($open.current.$finish()),
+            Arc::new($open.power.$finish()),
+            Arc::new($open.energy.$finish()),
+            Arc::new($open.relay_on.$finish()),
+            Arc::new($open.location.$finish()),
+            Arc::new($open.device_type.$finish()),
+        ];
+        // Built to match the schema, so this cannot fail; an empty batch rather than a
+        // panic if that ever changes.
+        RecordBatch::try_new(readings_schema(), columns)
+            .unwrap_or_else(|_| RecordBatch::new_empty(readings_schema()))
+    }};
+}
+
 /// The rows inserted since the last chunk was sealed, in Arrow builders: they become a
 /// chunk's arrays without a copy ([`OpenChunk::seal`]); a snapshot copies them.
 #[derive(Debug)]
@@ -165,55 +187,11 @@ impl OpenChunk {
         added
     }
 
-    fn columns(
-        device_id: ArrayRef,
-        ts: arrow::array::TimestampNanosecondArray,
-        rest: [ArrayRef; 7],
-    ) -> RecordBatch {
-        let [
-            voltage,
-            current,
-            power,
-            energy,
-            relay_on,
-            location,
-            device_type,
-        ] = rest;
-        let columns = vec![
-            device_id,
-            Arc::new(ts.with_timezone("UTC")) as ArrayRef,
-            voltage,
-            current,
-            power,
-            energy,
-            relay_on,
-            location,
-            device_type,
-        ];
-        // Built to match the schema, so this cannot fail; an empty batch rather than a
-        // panic if that ever changes.
-        RecordBatch::try_new(readings_schema(), columns)
-            .unwrap_or_else(|_| RecordBatch::new_empty(readings_schema()))
-    }
-
     /// The rows as a record batch, without copying them.
     fn seal(mut self) -> Chunk {
-        let batch = Self::columns(
-            Arc::new(self.device_id.finish()),
-            self.ts.finish(),
-            [
-                Arc::new(self.voltage.finish()),
-                Arc::new(self.current.finish()),
-                Arc::new(self.power.finish()),
-                Arc::new(self.energy.finish()),
-                Arc::new(self.relay_on.finish()),
-                Arc::new(self.location.finish()),
-                Arc::new(self.device_type.finish()),
-            ],
-        );
         Chunk {
             first_row: self.first_row,
-            batch,
+            batch: open_batch!(self, finish),
             min_ts: self.min_ts,
             max_ts: self.max_ts,
             min_segment: self.min_segment,
@@ -221,20 +199,8 @@ impl OpenChunk {
     }
 
     /// A copy of the rows, for a snapshot.
-    fn copy(&self) -> RecordBatch {
-        Self::columns(
-            Arc::new(self.device_id.finish_cloned()),
-            self.ts.finish_cloned(),
-            [
-                Arc::new(self.voltage.finish_cloned()),
-                Arc::new(self.current.finish_cloned()),
-                Arc::new(self.power.finish_cloned()),
-                Arc::new(self.energy.finish_cloned()),
-                Arc::new(self.relay_on.finish_cloned()),
-                Arc::new(self.location.finish_cloned()),
-                Arc::new(self.device_type.finish_cloned()),
-            ],
-        )
+    fn clone_batch(&self) -> RecordBatch {
+        open_batch!(self, finish_cloned)
     }
 }
 
@@ -505,7 +471,7 @@ impl Buffer {
         }
         if let Some(open) = self.open.as_ref().filter(|o| !outside(o.min_ts, o.max_ts)) {
             // Copied anyway, so cut to the time range exactly.
-            let batch = open.copy();
+            let batch = open.clone_batch();
             let end = open.first_row + batch.num_rows() as u64;
             let dead = self.deleted.range(open.first_row..end);
             let keep = match (from, to, dead.clone().next()) {
