@@ -13,15 +13,12 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Float64Builder, RecordBatch,
-    StringBuilder, TimestampNanosecondBuilder,
-};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringBuilder};
 use arrow::compute::filter_record_batch;
 use hashbrown::HashMap;
 use wattdb_storage::ReadingBatch;
 
-use crate::schema::{readings_schema, to_record_batch};
+use crate::schema::{ReadingColumns, readings_schema};
 
 /// Rows of the open chunk at which it becomes a record batch.
 const CHUNK_ROWS: usize = 64 * 1024;
@@ -85,28 +82,6 @@ struct Chunk {
     min_segment: u64,
 }
 
-/// An open chunk's builders as a record batch: `finish` takes their buffers (no copy),
-/// `finish_cloned` copies them.
-macro_rules! open_batch {
-    ($open:expr, $finish:ident) => {{
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new($open.device_id.$finish()),
-            Arc::new($open.ts.$finish().with_timezone("UTC")),
-            Arc::new($open.voltage.$finish()),
-            Arc::new($open.current.$finish()),
-            Arc::new($open.power.$finish()),
-            Arc::new($open.energy.$finish()),
-            Arc::new($open.relay_on.$finish()),
-            Arc::new($open.location.$finish()),
-            Arc::new($open.device_type.$finish()),
-        ];
-        // Built to match the schema, so this cannot fail; an empty batch rather than a
-        // panic if that ever changes.
-        RecordBatch::try_new(readings_schema(), columns)
-            .unwrap_or_else(|_| RecordBatch::new_empty(readings_schema()))
-    }};
-}
-
 /// The rows inserted since the last chunk was sealed, in Arrow builders: they become a
 /// chunk's arrays without a copy ([`OpenChunk::seal`]); a snapshot copies them.
 #[derive(Debug)]
@@ -117,68 +92,24 @@ struct OpenChunk {
     min_segment: u64,
     /// What [`Buffer::bytes`] counts for these rows.
     bytes: usize,
-    device_id: StringBuilder,
-    ts: TimestampNanosecondBuilder,
-    voltage: Float64Builder,
-    current: Float64Builder,
-    power: Float64Builder,
-    energy: Float64Builder,
-    relay_on: BooleanBuilder,
-    location: StringBuilder,
-    device_type: StringBuilder,
+    columns: ReadingColumns,
 }
 
 impl OpenChunk {
-    fn new(first_row: u64) -> Self {
+    fn new(first_row: u64, capacity: usize) -> Self {
         Self {
             first_row,
             min_ts: i64::MAX,
             max_ts: i64::MIN,
             min_segment: u64::MAX,
             bytes: 0,
-            device_id: StringBuilder::with_capacity(CHUNK_ROWS, CHUNK_ROWS * 16),
-            ts: TimestampNanosecondBuilder::with_capacity(CHUNK_ROWS),
-            voltage: Float64Builder::with_capacity(CHUNK_ROWS),
-            current: Float64Builder::with_capacity(CHUNK_ROWS),
-            power: Float64Builder::with_capacity(CHUNK_ROWS),
-            energy: Float64Builder::with_capacity(CHUNK_ROWS),
-            relay_on: BooleanBuilder::with_capacity(CHUNK_ROWS),
-            location: StringBuilder::new(),
-            device_type: StringBuilder::new(),
+            columns: ReadingColumns::with_capacity(capacity),
         }
-    }
-
-    fn rows(&self) -> usize {
-        arrow::array::ArrayBuilder::len(&self.ts)
     }
 
     /// Appends a batch's columns; returns the bytes it adds.
     fn append(&mut self, b: &ReadingBatch) -> usize {
-        for id in b.device_id.iter() {
-            self.device_id.append_value(id);
-        }
-        self.ts.append_slice(&b.ts);
-        self.voltage.append_slice(&b.voltage);
-        self.current.append_slice(&b.current);
-        self.power.append_slice(&b.power);
-        for &e in &b.energy {
-            self.energy.append_option(e);
-        }
-        for &r in &b.relay_on {
-            self.relay_on.append_option(r);
-        }
-        for (builder, column) in [
-            (&mut self.location, &b.location),
-            (&mut self.device_type, &b.device_type),
-        ] {
-            if column.all_empty() {
-                builder.append_nulls(column.len());
-            } else {
-                for s in column.iter() {
-                    builder.append_option((!s.is_empty()).then_some(s));
-                }
-            }
-        }
+        self.columns.append(b);
         let added = b.len() * OPEN_ROW_BYTES
             + b.device_id.data().len()
             + b.location.data().len()
@@ -191,16 +122,11 @@ impl OpenChunk {
     fn seal(mut self) -> Chunk {
         Chunk {
             first_row: self.first_row,
-            batch: open_batch!(self, finish),
+            batch: self.columns.finish(),
             min_ts: self.min_ts,
             max_ts: self.max_ts,
             min_segment: self.min_segment,
         }
-    }
-
-    /// A copy of the rows, for a snapshot.
-    fn clone_batch(&self) -> RecordBatch {
-        open_batch!(self, finish_cloned)
     }
 }
 
@@ -386,28 +312,18 @@ impl Buffer {
             }
         }
         self.next_row = row;
-        if self.open.is_none() && rows >= CHUNK_ROWS {
-            // Big enough to be a chunk of its own: one copy, straight into Arrow.
-            let batch = to_record_batch(parts);
-            // Arrow arrays plus the per-plug time index (16 bytes a reading).
-            self.bytes += batch.get_array_memory_size() + rows * 16;
-            self.chunks.push(Chunk {
-                first_row,
-                batch,
-                min_ts,
-                max_ts,
-                min_segment,
-            });
-            return;
-        }
-        let open = self.open.get_or_insert_with(|| OpenChunk::new(first_row));
+        // A write of CHUNK_ROWS or more into an empty open chunk is sealed at once: a
+        // chunk of its own, its capacity exactly its rows.
+        let open = self
+            .open
+            .get_or_insert_with(|| OpenChunk::new(first_row, rows.max(CHUNK_ROWS)));
         for b in parts {
             self.bytes += open.append(b);
         }
         open.min_ts = open.min_ts.min(min_ts);
         open.max_ts = open.max_ts.max(max_ts);
         open.min_segment = open.min_segment.min(min_segment);
-        if open.rows() >= CHUNK_ROWS {
+        if open.columns.len() >= CHUNK_ROWS {
             self.seal();
         }
     }
@@ -415,7 +331,7 @@ impl Buffer {
     /// Turns the open chunk into a record batch.
     fn seal(&mut self) {
         if let Some(open) = self.open.take() {
-            let (counted, rows) = (open.bytes, open.rows());
+            let (counted, rows) = (open.bytes, open.columns.len());
             let chunk = open.seal();
             self.bytes = self.bytes.saturating_sub(counted)
                 + chunk.batch.get_array_memory_size()
@@ -471,7 +387,7 @@ impl Buffer {
         }
         if let Some(open) = self.open.as_ref().filter(|o| !outside(o.min_ts, o.max_ts)) {
             // Copied anyway, so cut to the time range exactly.
-            let batch = open.clone_batch();
+            let batch = open.columns.finish_cloned();
             let end = open.first_row + batch.num_rows() as u64;
             let dead = self.deleted.range(open.first_row..end);
             let keep = match (from, to, dead.clone().next()) {
@@ -765,7 +681,10 @@ mod tests {
     #[test]
     fn open_sealed_and_big_chunks_keep_every_column_and_the_last_write() {
         // Reading k of a pass: plug k % 97 at time k / 97, with nulls and tags varied.
-        let reading = |k: u64, pass: u64, b: &mut ReadingBatch, model: &mut Vec<ReadingBatch>| {
+        // The model holds each (plug, time)'s last write as the text `full_rows` shows,
+        // made without the buffer's conversion to Arrow.
+        type Model = std::collections::BTreeMap<(String, i64), Vec<String>>;
+        let reading = |k: u64, pass: u64, b: &mut ReadingBatch, model: &mut Model| {
             let id = format!("p{}", k % 97);
             let r = ReadingRef {
                 device_id: &id,
@@ -783,12 +702,29 @@ mod tests {
                 device_type: k.is_multiple_of(2).then_some("fridge"),
             };
             b.push(r);
-            let mut one = ReadingBatch::new();
-            one.push(r);
-            model.push(one);
+            let float = |v: f64| {
+                arrow::util::display::array_value_to_string(
+                    &arrow::array::Float64Array::from(vec![v]),
+                    0,
+                )
+                .unwrap()
+            };
+            let or_null = |v: Option<String>| v.unwrap_or_else(|| "NULL".to_owned());
+            let row = vec![
+                id.clone(),
+                format!("{:020}", r.ts),
+                float(r.voltage),
+                float(r.current),
+                float(r.power),
+                or_null(r.energy.map(float)),
+                or_null(r.relay_on.map(|on| on.to_string())),
+                or_null(r.location.map(str::to_owned)),
+                or_null(r.device_type.map(str::to_owned)),
+            ];
+            model.insert((id.clone(), r.ts), row);
         };
         let mut buf = Buffer::new();
-        let mut written = Vec::new();
+        let mut written = Model::new();
         let mut insert = |buf: &mut Buffer, ks: std::ops::Range<u64>, pass: u64| {
             let mut b = ReadingBatch::new();
             for k in ks {
@@ -815,11 +751,8 @@ mod tests {
         assert!(buf.open.is_some());
         assert_eq!(buf.batches(), 3);
 
-        // The model: one buffer per write, last write wins.
-        let mut model = Buffer::new();
-        let refs: Vec<&ReadingBatch> = written.iter().collect();
-        model.insert_test(&refs);
-        let expected = full_rows(&model.snapshot(None, None));
+        let mut expected: Vec<Vec<String>> = written.into_values().collect();
+        expected.sort();
         assert_eq!(expected.len() as u64, k + 3_000);
         assert_eq!(full_rows(&buf.snapshot(None, None)), expected);
         assert_eq!(buf.rows(), k + 3_000);

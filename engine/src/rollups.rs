@@ -174,14 +174,20 @@ impl<T> Indexed<T> {
         self.get_key_value(device).map(|(_, v)| v)
     }
 
+    /// Adds a plug that has no value yet; its place.
+    fn push(&mut self, device: Arc<str>, value: T) -> usize {
+        let i = self.items.len();
+        self.index.insert(Arc::clone(&device), i as u32);
+        self.items.push((device, value));
+        i
+    }
+
     /// Sets the plug's value.
     pub fn insert(&mut self, device: Arc<str>, value: T) {
         match self.index.get(&device) {
             Some(&i) => self.items[i as usize].1 = value,
             None => {
-                self.index
-                    .insert(Arc::clone(&device), self.items.len() as u32);
-                self.items.push((device, value));
+                self.push(device, value);
             }
         }
     }
@@ -193,12 +199,7 @@ impl<T> Indexed<T> {
     {
         let i = match self.index.get(device) {
             Some(&i) => i as usize,
-            None => {
-                let i = self.items.len();
-                self.index.insert(Arc::clone(device), i as u32);
-                self.items.push((Arc::clone(device), T::default()));
-                i
-            }
+            None => self.push(Arc::clone(device), T::default()),
         };
         &mut self.items[i].1
     }

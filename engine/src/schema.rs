@@ -4,12 +4,11 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, StringBuilder,
-    TimestampNanosecondArray,
+    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, RecordBatch, StringBuilder,
+    TimestampNanosecondBuilder,
 };
-use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use wattdb_storage::{ReadingBatch, StrColumn};
+use wattdb_storage::ReadingBatch;
 
 /// Column names of `readings`, in order.
 pub mod col {
@@ -125,71 +124,111 @@ pub fn tier_schema(tier: wattdb_storage::Tier) -> SchemaRef {
 
 /// Converts several decoded batches into one Arrow record batch.
 pub fn to_record_batch(parts: &[&ReadingBatch]) -> RecordBatch {
-    let rows: usize = parts.iter().map(|b| b.len()).sum();
-    let device_id = non_null_strings(parts.iter().map(|b| &b.device_id), rows);
-    let mut ts = Vec::with_capacity(rows);
-    let mut voltage = Vec::with_capacity(rows);
-    let mut current = Vec::with_capacity(rows);
-    let mut power = Vec::with_capacity(rows);
-    let mut energy = Vec::with_capacity(rows);
-    let mut relay = Vec::with_capacity(rows);
+    let mut columns = ReadingColumns::with_capacity(parts.iter().map(|b| b.len()).sum());
     for b in parts {
-        ts.extend_from_slice(&b.ts);
-        voltage.extend_from_slice(&b.voltage);
-        current.extend_from_slice(&b.current);
-        power.extend_from_slice(&b.power);
-        energy.extend_from_slice(&b.energy);
-        relay.extend_from_slice(&b.relay_on);
+        columns.append(b);
     }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(device_id),
-        Arc::new(TimestampNanosecondArray::from(ts).with_timezone("UTC")),
-        Arc::new(Float64Array::from(voltage)),
-        Arc::new(Float64Array::from(current)),
-        Arc::new(Float64Array::from(power)),
-        Arc::new(Float64Array::from(energy)),
-        Arc::new(BooleanArray::from(relay)),
-        Arc::new(tag_strings(parts.iter().map(|b| &b.location), rows)),
-        Arc::new(tag_strings(parts.iter().map(|b| &b.device_type), rows)),
-    ];
-    // The columns are built to match the schema, so this cannot fail; fall back to an
-    // empty batch rather than panic if that ever changes.
-    RecordBatch::try_new(readings_schema(), columns)
-        .unwrap_or_else(|_| RecordBatch::new_empty(readings_schema()))
+    columns.finish()
 }
 
-/// A non-null string array made straight from the arenas: one copy of the bytes, no
-/// per-value work beyond the offsets.
-fn non_null_strings<'a>(cols: impl Iterator<Item = &'a StrColumn>, rows: usize) -> StringArray {
-    let mut offsets: Vec<i32> = Vec::with_capacity(rows + 1);
-    let mut data: Vec<u8> = Vec::new();
-    offsets.push(0);
-    for c in cols {
-        let base = data.len() as i32;
-        data.extend_from_slice(c.data().as_bytes());
-        offsets.extend(c.ends().iter().map(|&e| base + e as i32));
-    }
-    let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
-    // Valid UTF-8 (it came from `String`s) and monotonic offsets by construction.
-    StringArray::try_new(offsets, Buffer::from(data), None)
-        .unwrap_or_else(|_| StringArray::from(Vec::<&str>::new()))
+/// The builders' arrays as a `readings` record batch: `finish` takes their buffers (no
+/// copy), `finish_cloned` copies them.
+macro_rules! readings_batch {
+    ($columns:expr, $finish:ident) => {{
+        let c = $columns;
+        let arrays: Vec<ArrayRef> = vec![
+            Arc::new(c.device_id.$finish()),
+            Arc::new(c.ts.$finish().with_timezone("UTC")),
+            Arc::new(c.voltage.$finish()),
+            Arc::new(c.current.$finish()),
+            Arc::new(c.power.$finish()),
+            Arc::new(c.energy.$finish()),
+            Arc::new(c.relay_on.$finish()),
+            Arc::new(c.location.$finish()),
+            Arc::new(c.device_type.$finish()),
+        ];
+        // Built to match the schema, so this cannot fail; an empty batch rather than a
+        // panic if that ever changes.
+        RecordBatch::try_new(readings_schema(), arrays)
+            .unwrap_or_else(|_| RecordBatch::new_empty(readings_schema()))
+    }};
 }
 
-fn tag_strings<'a>(cols: impl Iterator<Item = &'a StrColumn>, rows: usize) -> StringArray {
-    let cols: Vec<&StrColumn> = cols.collect();
-    if cols.iter().all(|c| c.all_empty()) {
-        return StringArray::new_null(rows);
+/// Decoded batches appended as the columns of `readings`, in Arrow builders: the one
+/// conversion from [`ReadingBatch`] to Arrow (an empty tag is a null).
+#[derive(Debug)]
+pub struct ReadingColumns {
+    device_id: StringBuilder,
+    ts: TimestampNanosecondBuilder,
+    voltage: Float64Builder,
+    current: Float64Builder,
+    power: Float64Builder,
+    energy: Float64Builder,
+    relay_on: BooleanBuilder,
+    location: StringBuilder,
+    device_type: StringBuilder,
+}
+
+impl ReadingColumns {
+    /// Room for `rows` rows (plug ids of 16 bytes) before any builder grows.
+    pub fn with_capacity(rows: usize) -> Self {
+        Self {
+            device_id: StringBuilder::with_capacity(rows, rows * 16),
+            ts: TimestampNanosecondBuilder::with_capacity(rows),
+            voltage: Float64Builder::with_capacity(rows),
+            current: Float64Builder::with_capacity(rows),
+            power: Float64Builder::with_capacity(rows),
+            energy: Float64Builder::with_capacity(rows),
+            relay_on: BooleanBuilder::with_capacity(rows),
+            location: StringBuilder::new(),
+            device_type: StringBuilder::new(),
+        }
     }
-    let bytes = cols.iter().map(|c| c.data().len()).sum();
-    let mut b = StringBuilder::with_capacity(rows, bytes);
-    for c in cols {
-        for s in c.iter() {
-            if s.is_empty() {
-                b.append_null();
+
+    pub fn len(&self) -> usize {
+        ArrayBuilder::len(&self.ts)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn append(&mut self, b: &ReadingBatch) {
+        for id in b.device_id.iter() {
+            self.device_id.append_value(id);
+        }
+        self.ts.append_slice(&b.ts);
+        self.voltage.append_slice(&b.voltage);
+        self.current.append_slice(&b.current);
+        self.power.append_slice(&b.power);
+        for &e in &b.energy {
+            self.energy.append_option(e);
+        }
+        for &r in &b.relay_on {
+            self.relay_on.append_option(r);
+        }
+        for (builder, column) in [
+            (&mut self.location, &b.location),
+            (&mut self.device_type, &b.device_type),
+        ] {
+            if column.all_empty() {
+                builder.append_nulls(column.len());
             } else {
-                b.append_value(s);
+                for s in column.iter() {
+                    builder.append_option((!s.is_empty()).then_some(s));
+                }
             }
         }
     }
-    b.finish()
+
+    /// The rows as a record batch, taking the builders' buffers (no copy); the
+    /// builders start over empty.
+    pub fn finish(&mut self) -> RecordBatch {
+        readings_batch!(self, finish)
+    }
+
+    /// A copy of the rows as a record batch.
+    pub fn finish_cloned(&self) -> RecordBatch {
+        readings_batch!(self, finish_cloned)
+    }
 }
