@@ -163,6 +163,10 @@ struct ServeArgs {
     /// Size at which WAL segments roll, in MiB.
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     wal_segment_mib: u64,
+    /// Persisted WAL segments kept on disk to be written over rather than deleted and
+    /// created anew (0: delete them).
+    #[arg(long, default_value_t = 8, value_name = "SEGMENTS")]
+    wal_spare_segments: usize,
     /// Largest request body in bytes, after decompression (larger: 413).
     #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
     max_body_bytes: usize,
@@ -764,6 +768,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         group_commit_window: Duration::from_millis(args.group_commit_ms),
         wal_segment_size: args.wal_segment_mib.max(1) << 20,
+        wal_spare_segments: args.wal_spare_segments,
         queue_capacity: args.write_queue.max(1),
         max_buffer_bytes: args.max_buffer_mib << 20,
         store,

@@ -80,6 +80,9 @@ pub struct EngineConfig {
     pub data_dir: PathBuf,
     /// Size at which WAL segments roll.
     pub wal_segment_size: u64,
+    /// Persisted WAL segments kept for reuse rather than deleted (see
+    /// [`wattdb_storage::wal`]).
+    pub wal_spare_segments: usize,
     /// How long the WAL writer gathers writes into one group before its fsync.
     pub group_commit_window: Duration,
     /// A group is committed at once when it reaches this many readings.
@@ -113,6 +116,7 @@ impl Default for EngineConfig {
         Self {
             data_dir: PathBuf::from("wattdb-data"),
             wal_segment_size: 64 << 20,
+            wal_spare_segments: 8,
             group_commit_window: Duration::from_millis(2),
             max_group_rows: 512 * 1024,
             queue_capacity: 4096,
@@ -467,7 +471,10 @@ impl Engine {
             rx: persist_rx,
             shared: Arc::clone(&shared),
             store: store.clone(),
-            wal_dir: wal_config.dir.clone(),
+            wal: persist::WalSegments {
+                dir: wal_config.dir.clone(),
+                spares: config.wal_spare_segments,
+            },
             interval: config.persist_interval,
             persist_bytes: config.persist_bytes,
             faults: config.persist_faults.clone(),

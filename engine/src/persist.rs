@@ -92,7 +92,7 @@ pub(crate) struct PersisterArgs {
     pub rx: Receiver<Msg>,
     pub shared: Arc<Shared>,
     pub store: Store,
-    pub wal_dir: std::path::PathBuf,
+    pub wal: WalSegments,
     pub interval: Duration,
     pub persist_bytes: usize,
     pub faults: Option<PersistFaults>,
@@ -101,6 +101,13 @@ pub(crate) struct PersisterArgs {
     pub retention: RetentionConfig,
     pub clock: Clock,
     pub runtime: tokio::runtime::Runtime,
+}
+
+/// The WAL segments a persist cycle releases: up to `spares` are kept for the writer
+/// to reuse, the rest deleted.
+pub(crate) struct WalSegments {
+    pub dir: std::path::PathBuf,
+    pub spares: usize,
 }
 
 /// Retention runs at most this often by itself.
@@ -112,7 +119,7 @@ pub(crate) fn run(args: PersisterArgs) {
         rx,
         shared,
         store,
-        wal_dir,
+        wal,
         interval,
         persist_bytes,
         faults,
@@ -195,7 +202,7 @@ pub(crate) fn run(args: PersisterArgs) {
             now: now_ns,
             raw_cutoff: retention.cutoff(Tier::Raw, now_ns),
         };
-        let result = runtime.block_on(persist_all(&ctx, &rollups, &wal_dir));
+        let result = runtime.block_on(persist_all(&ctx, &rollups, &wal));
         shared.stats.persist_duration.record(started.elapsed());
         match result {
             Ok(report) => {
@@ -261,7 +268,7 @@ struct Cycle<'a> {
 async fn persist_all(
     ctx: &Cycle<'_>,
     rollups: &Rollups,
-    wal_dir: &std::path::Path,
+    wal: &WalSegments,
 ) -> Result<PersistReport> {
     let shared = ctx.shared;
     let mut report = PersistReport {
@@ -278,7 +285,7 @@ async fn persist_all(
             },
         };
         report.add(persist_frozen(ctx, rollups, &frozen).await?);
-        release_wal(shared, wal_dir);
+        release_wal(shared, wal);
     }
     Ok(report)
 }
@@ -440,9 +447,9 @@ async fn write_raw_files(
     Ok((out, bytes))
 }
 
-/// Deletes WAL segments older than anything the buffer (or a pending frozen set)
-/// still needs.
-fn release_wal(shared: &Shared, wal_dir: &std::path::Path) {
+/// Releases WAL segments older than anything the buffer (or a pending frozen set)
+/// still needs: kept as spares for the writer to reuse, or deleted.
+fn release_wal(shared: &Shared, wal: &WalSegments) {
     let keep_from = {
         let buffer = shared.buffer.read();
         let view = shared.view.read();
@@ -455,10 +462,18 @@ fn release_wal(shared: &Shared, wal_dir: &std::path::Path) {
     let Some(keep_from) = keep_from else {
         return;
     };
-    match wal::remove_segments_before(wal_dir, keep_from) {
-        Ok(0) => {}
-        Ok(n) => info!(segments = n, keep_from, "released persisted WAL segments"),
-        Err(e) => warn!(error = %e, "could not delete persisted WAL segments; will retry"),
+    match wal::release_segments_before(&wal.dir, keep_from, wal.spares) {
+        Ok(wal::Released {
+            recycled: 0,
+            removed: 0,
+        }) => {}
+        Ok(wal::Released { recycled, removed }) => info!(
+            kept_for_reuse = recycled,
+            deleted = removed,
+            keep_from,
+            "released persisted WAL segments"
+        ),
+        Err(e) => warn!(error = %e, "could not release persisted WAL segments; will retry"),
     }
 }
 

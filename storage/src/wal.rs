@@ -8,7 +8,8 @@
 //! segment header, 32 bytes
 //!   0..8    magic  b"WATTWAL\0"
 //!   8..12   format version, u32 LE = 1
-//!   12..16  zero
+//!   12..16  flags, u32 LE: bit 0 = recycled (records of an older segment may follow
+//!           the end of this one's)
 //!   16..24  segment id, u64 LE
 //!   24..28  CRC32C of bytes 0..24, u32 LE
 //!   28..32  zero
@@ -22,7 +23,15 @@
 //! ```
 //!
 //! A new segment is preallocated (`fallocate`) so writes land in place; the unwritten
-//! rest reads as zeros, and a zero length word ends the log.
+//! rest reads as zeros, and a zero length word ends the log. Each commit writes a zero
+//! record header after its records (overwritten by the next commit), so the log also
+//! ends cleanly in a *recycled* segment: a released segment kept as a spare
+//! (`{id:020}.wal.spare`) and renamed into place, with a new header, when the log
+//! rolls. Writing over blocks that are already allocated and written spares the file
+//! system a metadata commit at every fsync, and the log no longer deletes a segment
+//! (and discards its blocks) for each one it creates. What follows the end in a
+//! recycled segment are records of an older segment: their sequence numbers are below
+//! the log's, so recovery tells them from writes of this one.
 //!
 //! Recovery reads segments in order and stops at the first record that does not check
 //! out. In the newest segment that is a torn tail — records of a group commit that never
@@ -53,6 +62,9 @@ pub const SEGMENT_HEADER_LEN: usize = 32;
 pub const RECORD_HEADER_LEN: usize = 24;
 /// Largest payload a record may carry.
 pub const MAX_PAYLOAD_LEN: usize = 1 << 30;
+/// Header flag: the segment reuses a released one's file.
+pub const FLAG_RECYCLED: u32 = 1;
+const SPARE_SUFFIX: &str = ".wal.spare";
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -152,10 +164,11 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-fn header_bytes(segment: u64) -> [u8; SEGMENT_HEADER_LEN] {
+fn header_bytes(segment: u64, flags: u32) -> [u8; SEGMENT_HEADER_LEN] {
     let mut h = [0u8; SEGMENT_HEADER_LEN];
     h[0..8].copy_from_slice(&MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&flags.to_le_bytes());
     h[16..24].copy_from_slice(&segment.to_le_bytes());
     let crc = crc32c::crc32c(&h[0..24]);
     h[24..28].copy_from_slice(&crc.to_le_bytes());
@@ -169,6 +182,11 @@ fn check_header(bytes: &[u8]) -> Option<u64> {
         && u32_at(h, 8) == FORMAT_VERSION
         && u32_at(h, 24) == crc32c::crc32c(&h[0..24]);
     ok.then(|| u64_at(h, 16))
+}
+
+/// Whether a segment's header marks it as recycled.
+fn is_recycled(bytes: &[u8]) -> bool {
+    check_header(bytes).is_some() && u32_at(bytes, 12) & FLAG_RECYCLED != 0
 }
 
 /// Parses the record at `offset` if it is complete and its checksum matches.
@@ -281,6 +299,17 @@ fn salvage(bytes: &[u8], from: usize) -> Vec<RecordPos> {
     out
 }
 
+/// The lowest sequence number a record of this segment's log can carry: its first
+/// record's, else one past the previous segment's last, else where the log resumes.
+/// Anything lower in a recycled segment is left from the segment it reuses.
+fn log_floor(scan: &Scan, last_seq: Option<u64>, min_next_seq: u64) -> u64 {
+    scan.records
+        .first()
+        .map(|r| r.seq)
+        .or(last_seq.map(|s| s + 1))
+        .unwrap_or(min_next_seq)
+}
+
 /// Decodes a record's payload.
 pub fn decode_record(bytes: &[u8], rec: &RecordPos) -> Result<ReadingBatch, CodecError> {
     codec::decode(&bytes[rec.payload_start..rec.payload_start + rec.payload_len])
@@ -350,19 +379,52 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}.wal"))
 }
 
-/// Segment ids present in `dir`, sorted. Leftover `.tmp` files of an interrupted
-/// segment creation are removed.
+/// Segment ids present in `dir`, sorted (spares and unfinished `.wal.tmp` files are
+/// not segments).
 pub fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     let mut ids = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.ends_with(".wal.tmp") {
+        if let Some(id) = name.strip_suffix(".wal").and_then(|s| s.parse().ok()) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Removes the `.wal.tmp` files an interrupted segment creation left (at open only:
+/// the writer may be creating one while WattDB runs).
+fn remove_unfinished(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.ends_with(".wal.tmp"))
+        {
             let path = entry.path();
             warn!(path = %path.display(), "removing an unfinished WAL segment");
             fs::remove_file(&path).map_err(io_err(&path))?;
-        } else if let Some(id) = name.strip_suffix(".wal").and_then(|s| s.parse().ok()) {
+        }
+    }
+    Ok(())
+}
+
+fn spare_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}{SPARE_SUFFIX}"))
+}
+
+/// Ids of the spare segments in `dir`, sorted.
+pub fn list_spares(dir: &Path) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(id) = name.strip_suffix(SPARE_SUFFIX).and_then(|s| s.parse().ok()) {
             ids.push(id);
         }
     }
@@ -385,6 +447,7 @@ pub fn open(
 ) -> Result<(WalWriter, RecoveryStats)> {
     let dir = &config.dir;
     fs::create_dir_all(dir).map_err(io_err(dir))?;
+    remove_unfinished(dir)?;
     let ids = list_segments(dir)?;
     let mut stats = RecoveryStats::default();
     let mut last_seq: Option<u64> = None;
@@ -440,20 +503,23 @@ pub fn open(
             });
         }
         // The newest segment: a torn tail unless a later valid record says the damaged
-        // position had already been made durable.
+        // position had already been made durable. Records of an older segment after
+        // the end of a recycled one are neither: their sequence numbers are below the
+        // log's.
         let last_good = scan.records.last().map(|r| r.seq).or(last_seq);
-        let later = salvage(bytes, offset as usize + 8);
-        if let Some(rec) = later
-            .iter()
-            .find(|r| last_good.is_none_or(|g| r.synced > g))
-        {
-            let _ = rec;
+        let floor = log_floor(&scan, last_seq, config.min_next_seq);
+        let later: Vec<RecordPos> = salvage(bytes, offset as usize + 8)
+            .into_iter()
+            .filter(|r| r.seq >= floor)
+            .collect();
+        if later.iter().any(|r| last_good.is_none_or(|g| r.synced > g)) {
             return Err(Error::Corrupt {
                 segment: id,
                 offset,
                 reason: damage,
             });
         }
+        let recycled = is_recycled(bytes);
         let len = bytes.len() as u64;
         drop(map);
         if damage == Damage::Header {
@@ -467,12 +533,15 @@ pub fn open(
             stats.truncated_bytes += len;
             continue;
         }
-        let torn = !later.is_empty() || damage != Damage::Zeros || {
-            // Zeros at the stop; anything non-zero after it is debris of a torn write.
-            let map = mmap::map_segment(&file).map_err(io_err(&path))?;
-            map.as_deref()
-                .is_some_and(|b| b[offset as usize..].iter().any(|&x| x != 0))
-        };
+        let torn = !later.is_empty()
+            || damage != Damage::Zeros
+            || !recycled && {
+                // Zeros at the stop; anything non-zero after it is debris of a torn write
+                // (in a recycled segment, it is the older segment's records).
+                let map = mmap::map_segment(&file).map_err(io_err(&path))?;
+                map.as_deref()
+                    .is_some_and(|b| b[offset as usize..].iter().any(|&x| x != 0))
+            };
         if torn {
             warn!(segment = id, offset, %damage, "truncating torn WAL tail (writes that were never acknowledged)");
             stats.truncated_bytes += len - offset;
@@ -595,10 +664,21 @@ impl WalWriter {
                 source: io::Error::other("injected fault"),
             });
         }
-        self.file
+        // A zero record header after the records ends the log here until the next
+        // commit overwrites it (in a recycled segment, an older segment's records
+        // follow).
+        let records = self.pending.len();
+        let room = self
+            .capacity
+            .saturating_sub(self.write_pos + records as u64);
+        let marker = (RECORD_HEADER_LEN as u64).min(room) as usize;
+        self.pending.resize(records + marker, 0);
+        let written = self
+            .file
             .write_all_at(&self.pending, self.write_pos)
-            .and_then(|()| self.file.sync_data())
-            .map_err(io_err(&self.path))?;
+            .and_then(|()| self.file.sync_data());
+        self.pending.truncate(records);
+        written.map_err(io_err(&self.path))?;
         self.write_pos += self.pending.len() as u64;
         self.pending.clear();
         self.synced_seq = self.next_seq.checked_sub(1);
@@ -638,24 +718,56 @@ impl WalWriter {
     }
 }
 
-/// Creates segment `id` of `size` bytes: written as `.tmp`, preallocated, header
-/// fsynced, renamed into place, directory fsynced.
+/// Creates segment `id` of `size` bytes: a spare renamed (or a new file created) as
+/// `.tmp`, preallocated, header written and fsynced, renamed into place, directory
+/// fsynced.
 fn create_segment(dir: &Path, id: u64, size: u64) -> Result<(File, PathBuf)> {
     let path = segment_path(dir, id);
     let tmp = path.with_extension("wal.tmp");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    preallocate(&file, size).map_err(io_err(&tmp))?;
-    file.write_all_at(&header_bytes(id), 0)
-        .map_err(io_err(&tmp))?;
+    let (file, flags) = match take_spare(dir, &tmp)? {
+        Some(file) => (file, FLAG_RECYCLED),
+        None => {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(io_err(&tmp))?;
+            (file, 0)
+        }
+    };
+    let len = file.metadata().map_err(io_err(&tmp))?.len();
+    if len < size {
+        preallocate(&file, size).map_err(io_err(&tmp))?;
+    }
+    // The header, and a zero record header where the first record goes: a recycled
+    // segment must not start with the records of the one it reuses.
+    let mut head = [0u8; SEGMENT_HEADER_LEN + RECORD_HEADER_LEN];
+    head[..SEGMENT_HEADER_LEN].copy_from_slice(&header_bytes(id, flags));
+    file.write_all_at(&head, 0).map_err(io_err(&tmp))?;
     file.sync_all().map_err(io_err(&tmp))?;
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
     sync_dir(dir)?;
     Ok((file, path))
+}
+
+/// Renames the oldest spare segment to `tmp` and opens it; `None` when there is none.
+fn take_spare(dir: &Path, tmp: &Path) -> Result<Option<File>> {
+    for id in list_spares(dir)? {
+        let spare = spare_path(dir, id);
+        match fs::rename(&spare, tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(&spare)(e)),
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(tmp)
+            .map_err(io_err(tmp))?;
+        return Ok(Some(file));
+    }
+    Ok(None)
 }
 
 fn preallocate(file: &File, size: u64) -> io::Result<()> {
@@ -668,20 +780,45 @@ fn preallocate(file: &File, size: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes segments whose every record has been persisted elsewhere.
-pub fn remove_segments_before(dir: &Path, segment: u64) -> Result<usize> {
-    let mut removed = 0;
+/// What [`release_segments_before`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Released {
+    /// Segments kept as spares, for the writer to reuse.
+    pub recycled: usize,
+    /// Segments deleted.
+    pub removed: usize,
+}
+
+/// Releases the segments before `segment`, whose every record has been persisted
+/// elsewhere: up to `spares` spare segments are kept for the writer to reuse (renamed
+/// to `{id:020}.wal.spare`), the rest are deleted.
+pub fn release_segments_before(dir: &Path, segment: u64, spares: usize) -> Result<Released> {
+    let mut out = Released::default();
+    let mut have = list_spares(dir)?.len();
     for id in list_segments(dir)? {
-        if id < segment {
-            let path = segment_path(dir, id);
+        if id >= segment {
+            break;
+        }
+        let path = segment_path(dir, id);
+        if have < spares {
+            let spare = spare_path(dir, id);
+            fs::rename(&path, &spare).map_err(io_err(&spare))?;
+            have += 1;
+            out.recycled += 1;
+        } else {
             fs::remove_file(&path).map_err(io_err(&path))?;
-            removed += 1;
+            out.removed += 1;
         }
     }
-    if removed > 0 {
+    if out != Released::default() {
         sync_dir(dir)?;
     }
-    Ok(removed)
+    Ok(out)
+}
+
+/// Deletes the segments before `segment` (no spares kept).
+pub fn remove_segments_before(dir: &Path, segment: u64) -> Result<usize> {
+    Ok(release_segments_before(dir, segment, 0)?.removed)
 }
 
 /// What [`check`] or [`repair`] found in one damaged segment.
@@ -701,18 +838,27 @@ pub struct SegmentDamage {
 pub fn check(dir: &Path) -> Result<Vec<SegmentDamage>> {
     let ids = list_segments(dir)?;
     let mut out = Vec::new();
+    let mut last_seq = None;
     for (i, &id) in ids.iter().enumerate() {
         let path = segment_path(dir, id);
         let file = File::open(&path).map_err(io_err(&path))?;
         let map = mmap::map_segment(&file).map_err(io_err(&path))?;
         let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
         let scan = scan_segment(bytes);
+        // Where the log resumes is not known here (the engine knows it from the
+        // manifest): in a recycled segment with nothing before it, every record after
+        // the end is taken as the older segment's.
+        let floor = log_floor(&scan, last_seq, u64::MAX);
+        last_seq = scan.records.last().map(|r| r.seq).or(last_seq);
         if let ScanEnd::Stopped { offset, damage } = scan.end {
             let later = salvage(bytes, offset as usize + 8);
             let clean_end = i + 1 == ids.len()
                 && damage == Damage::Zeros
-                && later.is_empty()
-                && bytes[offset as usize..].iter().all(|&b| b == 0);
+                && if is_recycled(bytes) {
+                    later.iter().all(|r| r.seq < floor)
+                } else {
+                    later.is_empty() && bytes[offset as usize..].iter().all(|&b| b == 0)
+                };
             if !clean_end {
                 out.push(SegmentDamage {
                     segment: id,
@@ -740,8 +886,15 @@ pub fn repair(dir: &Path) -> Result<Vec<SegmentDamage>> {
     for d in &damaged {
         let path = segment_path(dir, d.segment);
         let bytes = fs::read(&path).map_err(io_err(&path))?;
-        let mut out = header_bytes(d.segment).to_vec();
+        let mut out = header_bytes(d.segment, 0).to_vec();
+        // In log order; a record below one already kept is left from the older
+        // segment a recycled one reuses.
+        let mut last = None;
         for rec in salvage(&bytes, SEGMENT_HEADER_LEN) {
+            if last.is_some_and(|l| rec.seq <= l) {
+                continue;
+            }
+            last = Some(rec.seq);
             let end = pad8(rec.payload_start + rec.payload_len).min(bytes.len());
             out.extend_from_slice(&bytes[rec.offset as usize..end]);
             out.resize(pad8(out.len()), 0);

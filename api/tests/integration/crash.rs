@@ -187,6 +187,14 @@ fn sigkill_under_concurrent_writes_loses_no_acknowledged_reading() {
         persists.len(),
         persists.last()
     );
+    // Released WAL segments were reused, so kills also landed in segments that still
+    // hold an older segment's records after their end.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("released persisted WAL segments")
+                && !l.contains("kept_for_reuse=0")),
+        "WAL segments were kept for reuse during the test"
+    );
     let l = ledger.lock().unwrap();
     eprintln!(
         "crash test: {} readings acknowledged, {} in doubt at a kill, all verified; {} persist cycles",
