@@ -382,12 +382,17 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
 /// Segment ids present in `dir`, sorted (spares and unfinished `.wal.tmp` files are
 /// not segments).
 pub fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    ids_named(dir, ".wal")
+}
+
+/// The ids of the files in `dir` named `{id}{suffix}`, sorted.
+fn ids_named(dir: &Path, suffix: &str) -> Result<Vec<u64>> {
     let mut ids = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(id) = name.strip_suffix(".wal").and_then(|s| s.parse().ok()) {
+        if let Some(id) = name.strip_suffix(suffix).and_then(|s| s.parse().ok()) {
             ids.push(id);
         }
     }
@@ -419,17 +424,7 @@ fn spare_path(dir: &Path, id: u64) -> PathBuf {
 
 /// Ids of the spare segments in `dir`, sorted.
 pub fn list_spares(dir: &Path) -> Result<Vec<u64>> {
-    let mut ids = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(id) = name.strip_suffix(SPARE_SUFFIX).and_then(|s| s.parse().ok()) {
-            ids.push(id);
-        }
-    }
-    ids.sort_unstable();
-    Ok(ids)
+    ids_named(dir, SPARE_SUFFIX)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

@@ -356,6 +356,17 @@ fn write_range(w: &mut WalWriter, from: u64, to: u64) {
     }
 }
 
+/// Appends records from `next` on until the writer has rolled into every spare, then
+/// two more; returns the next sequence number.
+fn write_through_spares(w: &mut WalWriter, dir: &Path, mut next: u64) -> u64 {
+    while !list_spares(dir).unwrap().is_empty() {
+        write_range(w, next, next + 1);
+        next += 1;
+    }
+    write_range(w, next, next + 2);
+    next + 2
+}
+
 fn segment_bytes(dir: &Path, id: u64) -> Vec<u8> {
     fs::read(segment_path(dir, id)).unwrap()
 }
@@ -382,13 +393,7 @@ fn released_segments_are_reused_and_their_records_never_come_back() {
     };
     // A few records more: the writer rolls into both spares, and the newest segment
     // is only partly written over.
-    let mut next = 200;
-    while !list_spares(dir.path()).unwrap().is_empty() {
-        write_range(&mut w, next, next + 1);
-        next += 1;
-    }
-    write_range(&mut w, next, next + 3);
-    next += 3;
+    let next = write_through_spares(&mut w, dir.path(), 200);
     let newest = w.segment();
     drop(w);
     let bytes = segment_bytes(dir.path(), newest);
@@ -461,13 +466,7 @@ fn a_torn_write_in_a_reused_segment_is_cut_without_bringing_back_old_records() {
     let (mut w, _) = open(&small(dir.path()), |_| unreachable!()).unwrap();
     write_range(&mut w, 0, 60);
     release_segments_before(dir.path(), w.segment(), 8).unwrap();
-    let mut next = 60;
-    while !list_spares(dir.path()).unwrap().is_empty() {
-        write_range(&mut w, next, next + 1);
-        next += 1;
-    }
-    write_range(&mut w, next, next + 2);
-    next += 2;
+    let next = write_through_spares(&mut w, dir.path(), 60);
     let newest = w.segment();
     drop(w);
     // The last record's write was torn: its payload's last bytes are garbage.
