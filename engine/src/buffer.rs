@@ -374,45 +374,44 @@ impl Buffer {
                 continue;
             }
             let end = c.first_row + c.batch.num_rows() as u64;
-            let mut dead = self.deleted.range(c.first_row..end).peekable();
-            if dead.peek().is_none() {
+            if self.deleted.range(c.first_row..end).next().is_none() {
                 out.push(c.batch.clone());
                 continue;
             }
             let mut keep = vec![true; c.batch.num_rows()];
-            for &r in dead {
-                keep[(r - c.first_row) as usize] = false;
-            }
+            self.unkeep_deleted(c.first_row, &mut keep);
             out.extend(Self::filtered(&c.batch, keep));
         }
         if let Some(open) = self.open.as_ref().filter(|o| !outside(o.min_ts, o.max_ts)) {
             // Copied anyway, so cut to the time range exactly.
             let batch = open.columns.finish_cloned();
             let end = open.first_row + batch.num_rows() as u64;
-            let dead = self.deleted.range(open.first_row..end);
-            let keep = match (from, to, dead.clone().next()) {
-                (None, None, None) => None,
-                _ => {
-                    let ts = batch
-                        .column(1)
-                        .as_primitive::<arrow::datatypes::TimestampNanosecondType>();
-                    let mut keep: Vec<bool> = ts
-                        .values()
-                        .iter()
-                        .map(|&t| from.is_none_or(|f| t >= f) && to.is_none_or(|e| t <= e))
-                        .collect();
-                    for &r in dead {
-                        keep[(r - open.first_row) as usize] = false;
-                    }
-                    Some(keep)
-                }
-            };
-            match keep {
-                None => out.push(batch),
-                Some(keep) => out.extend(Self::filtered(&batch, keep)),
+            if from.is_none()
+                && to.is_none()
+                && self.deleted.range(open.first_row..end).next().is_none()
+            {
+                out.push(batch);
+            } else {
+                let ts = batch
+                    .column(1)
+                    .as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+                let mut keep: Vec<bool> = ts
+                    .values()
+                    .iter()
+                    .map(|&t| from.is_none_or(|f| t >= f) && to.is_none_or(|e| t <= e))
+                    .collect();
+                self.unkeep_deleted(open.first_row, &mut keep);
+                out.extend(Self::filtered(&batch, keep));
             }
         }
         out
+    }
+
+    /// Clears `keep` (rows from `first_row` on) at the rows that were overwritten.
+    fn unkeep_deleted(&self, first_row: u64, keep: &mut [bool]) {
+        for &r in self.deleted.range(first_row..first_row + keep.len() as u64) {
+            keep[(r - first_row) as usize] = false;
+        }
     }
 
     /// The rows of `batch` marked to keep; `None` if none are (or filtering failed).

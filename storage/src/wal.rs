@@ -811,11 +811,6 @@ pub fn release_segments_before(dir: &Path, segment: u64, spares: usize) -> Resul
     Ok(out)
 }
 
-/// Deletes the segments before `segment` (no spares kept).
-pub fn remove_segments_before(dir: &Path, segment: u64) -> Result<usize> {
-    Ok(release_segments_before(dir, segment, 0)?.removed)
-}
-
 /// What [`check`] or [`repair`] found in one damaged segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentDamage {

@@ -334,8 +334,9 @@ fn removes_segments_before_a_given_one() {
     wal_with(dir.path(), 20, 1024);
     let ids = list_segments(dir.path()).unwrap();
     let keep_from = ids[ids.len() / 2];
-    let removed = remove_segments_before(dir.path(), keep_from).unwrap();
-    assert_eq!(removed, ids.len() / 2);
+    let released = release_segments_before(dir.path(), keep_from, 0).unwrap();
+    assert_eq!(released.removed, ids.len() / 2);
+    assert_eq!(released.recycled, 0);
     assert_eq!(list_segments(dir.path()).unwrap()[0], keep_from);
 }
 
