@@ -13,14 +13,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, RecordBatch, StringBuilder,
-};
-use arrow::buffer::NullBuffer;
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringBuilder};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::DataType;
 use hashbrown::HashMap;
-use wattdb_storage::ReadingBatch;
+use wattdb_storage::{ReadingBatch, files};
 
 use crate::schema::{ReadingColumns, readings_schema};
 
@@ -223,34 +219,10 @@ impl Frozen {
                 continue;
             }
             let inputs: Vec<&dyn Array> = chunks.iter().map(|c| c.column(i).as_ref()).collect();
-            columns.push(match field.data_type() {
-                DataType::Boolean => Arc::new(gather_booleans(&inputs, &order)),
-                // Arrow's gathers of numbers and strings are fast; its booleans take a
-                // generic path that cost a fifth of the whole ordering (persist_order).
-                _ => arrow::compute::interleave(&inputs, &order)?,
-            });
+            columns.push(files::gather(&inputs, &order)?);
         }
         RecordBatch::try_new(schema, columns)
     }
-}
-
-/// `interleave` for boolean arrays: `order` holds `(input, row)` pairs.
-fn gather_booleans(inputs: &[&dyn Array], order: &[(usize, usize)]) -> BooleanArray {
-    let inputs: Vec<&BooleanArray> = inputs.iter().map(|a| a.as_boolean()).collect();
-    let mut values = BooleanBufferBuilder::new(order.len());
-    if inputs.iter().all(|a| a.null_count() == 0) {
-        for &(a, row) in order {
-            values.append(inputs[a].value(row));
-        }
-        return BooleanArray::new(values.finish(), None);
-    }
-    let mut valid = BooleanBufferBuilder::new(order.len());
-    for &(a, row) in order {
-        let input = inputs[a];
-        values.append(input.value(row));
-        valid.append(input.is_valid(row));
-    }
-    BooleanArray::new(values.finish(), Some(NullBuffer::new(valid.finish())))
 }
 
 /// The readings held in memory. Not synchronised: the engine wraps it in a lock.

@@ -26,12 +26,16 @@
 //! 2,048 rows; ZSTD over every page; page-level statistics and the page index, so that
 //! a query for one plug reads few pages.
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, RecordBatch, UInt32Array,
+};
+use arrow::buffer::NullBuffer;
 use arrow::compute::take_record_batch;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::datatypes::{SchemaRef, TimestampNanosecondType};
+use arrow::datatypes::{DataType, SchemaRef, TimestampNanosecondType};
+use arrow::error::ArrowError;
 use bytes::Bytes;
 use chrono::{DateTime, Datelike, Timelike};
 use object_store::path::Path as ObjPath;
@@ -266,7 +270,38 @@ pub fn sort_rows(
     }
     let order = key_order(&batches, time_column)?;
     // One gather straight from the inputs: no concatenated copy first.
-    Ok(arrow::compute::interleave_record_batch(&batches, &order)?)
+    let columns = (0..batches[0].num_columns())
+        .map(|i| {
+            let inputs: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
+            gather(&inputs, &order)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(batches[0].schema(), columns)?)
+}
+
+/// The rows `order` names, `(input, row)`, of arrays of one type, as one array: Arrow's
+/// `interleave`, except for booleans, which it gathers through a generic path that cost
+/// a fifth of putting a persist cycle's rows in order (bench `persist_order`).
+pub fn gather(inputs: &[&dyn Array], order: &[(usize, usize)]) -> Result<ArrayRef, ArrowError> {
+    if inputs.is_empty() || inputs.iter().any(|a| a.data_type() != &DataType::Boolean) {
+        return arrow::compute::interleave(inputs, order);
+    }
+    let inputs: Vec<&BooleanArray> = inputs.iter().map(|a| a.as_boolean()).collect();
+    let mut values = BooleanBufferBuilder::new(order.len());
+    if inputs.iter().all(|a| a.null_count() == 0) {
+        for &(a, row) in order {
+            values.append(inputs[a].value(row));
+        }
+        return Ok(Arc::new(BooleanArray::new(values.finish(), None)));
+    }
+    let mut valid = BooleanBufferBuilder::new(order.len());
+    for &(a, row) in order {
+        let input = inputs[a];
+        values.append(input.value(row));
+        valid.append(input.is_valid(row));
+    }
+    let nulls = NullBuffer::new(valid.finish());
+    Ok(Arc::new(BooleanArray::new(values.finish(), Some(nulls))))
 }
 
 /// `(batch, row)` of every row of `batches` in `(device_id, time_column, input order)`
@@ -483,6 +518,49 @@ mod tests {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         *state >> 33
+    }
+
+    #[test]
+    fn gather_gives_what_arrow_interleave_gives() {
+        use arrow::array::Int64Array;
+        let mut seed = 11;
+        let bools = |nulls: bool, seed: &mut u64| -> BooleanArray {
+            (0..(lcg(seed) % 50 + 1))
+                .map(|_| match lcg(seed) % 3 {
+                    0 if nulls => None,
+                    v => Some(v == 1),
+                })
+                .collect()
+        };
+        for nulls in [false, true, false, true] {
+            // Whole arrays and a slice (an offset into its bits).
+            let a = bools(nulls, &mut seed);
+            let b = bools(nulls, &mut seed);
+            let c = bools(false, &mut seed);
+            let c = c.slice(c.len() / 3, c.len() - c.len() / 3);
+            let inputs: [&dyn Array; 3] = [&a, &b, &c];
+            let order: Vec<(usize, usize)> = (0..200)
+                .map(|_| {
+                    let i = (lcg(&mut seed) % 3) as usize;
+                    (i, (lcg(&mut seed) as usize) % inputs[i].len())
+                })
+                .collect();
+            let ours = gather(&inputs, &order).unwrap();
+            assert_eq!(ours.null_count() > 0, nulls);
+            assert_eq!(
+                ours.as_ref(),
+                arrow::compute::interleave(&inputs, &order)
+                    .unwrap()
+                    .as_ref()
+            );
+        }
+        // Other types are Arrow's interleave itself.
+        let n = Int64Array::from(vec![Some(1), None, Some(3)]);
+        let order = [(0, 2), (0, 1), (0, 0)];
+        assert_eq!(
+            gather(&[&n], &order).unwrap().as_ref(),
+            &Int64Array::from(vec![Some(3), None, Some(1)]) as &dyn Array
+        );
     }
 
     #[test]
