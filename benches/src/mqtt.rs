@@ -7,7 +7,8 @@
 //! targets:
 //!
 //! - [`Target::Null`]: the broker's own ceiling. This process subscribes, counts each
-//!   message and does nothing else (at QoS 1 its client acknowledges at once).
+//!   message and does nothing else (at QoS 1 it acknowledges in bursts, as WattDB
+//!   does; it reads at WattDB's pace too).
 //! - [`Target::Wattdb`]: a running WattDB subscribed to the same broker. Delivery is
 //!   WattDB's `wattdb_ingested_readings_total{path="mqtt"}` (readings durable and
 //!   acknowledged), polled every 20 ms; afterwards SQL counts the distinct
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde::Serialize;
+use wattdb_ingest::subscriber::ReadPacer;
 
 use crate::encode_json;
 use crate::loadgen::stored_counts;
@@ -351,7 +353,7 @@ pub fn publish(
 
 /// Subscribes to the smart-plug topics and counts readings; returns once subscribed.
 /// The same client stack as WattDB's subscriber (rumqttc's async event loop on a tokio
-/// runtime) and the same acknowledgement pattern (at QoS 1, PUBACKs in bursts every
+/// runtime, read at the same pace: [`ReadPacer`]) and the same acknowledgement pattern (at QoS 1, PUBACKs in bursts every
 /// 1,000 messages or 5 ms, as WattDB sends them after each write), minus the decoding
 /// and the writes.
 fn null_subscriber(
@@ -383,6 +385,7 @@ fn null_subscriber(
             }
             let mut owed: Vec<rumqttc::Publish> = Vec::new();
             let mut tick = tokio::time::interval(Duration::from_millis(5));
+            let mut pacer = ReadPacer::default();
             let ack_all = |owed: &mut Vec<rumqttc::Publish>| {
                 for p in owed.drain(..) {
                     let _ = client.try_ack(&p);
@@ -391,7 +394,7 @@ fn null_subscriber(
             loop {
                 tokio::select! {
                     _ = tick.tick() => ack_all(&mut owed),
-                    event = eventloop.poll() => match event {
+                    event = pacer.poll(&mut eventloop) => match event {
                         Ok(Event::Incoming(Packet::SubAck(_))) => {
                             let _ = ready_tx.send(());
                         }

@@ -492,6 +492,45 @@ enum Incoming {
     },
 }
 
+/// How long a subscriber leaves the socket alone after a poll that had to wait for
+/// the network and got a message.
+pub const READ_NAP: Duration = Duration::from_millis(1);
+
+/// A poll that took longer than this waited for the network: the socket was drained.
+const READ_WAITED: Duration = Duration::from_micros(50);
+
+/// Paces the reads of an event loop, so that a fast subscriber does not read a broker's
+/// messages a few at a time.
+///
+/// A subscriber that drains its socket as soon as anything arrives makes its kernel
+/// acknowledge every small TCP segment at once, and a broker with Nagle's algorithm on
+/// (Mosquitto's default) then sends each next message or two alone, as soon as that
+/// acknowledgement is in: both sides pay for TCP once per message or two. On two cores
+/// shared with Mosquitto and a publisher, WattDB spent about 6 µs of CPU per
+/// one-reading message that way, most of it in `recv`. So when a poll had to wait for the
+/// network and got a message, the next poll waits [`READ_NAP`] first; meanwhile the
+/// broker's writes pile up into large segments, read in one go. Messages wait at most
+/// that long more (batches wait [`SubscriberConfig::max_batch_delay`] anyway), and a
+/// subscriber that is behind never naps.
+#[derive(Debug, Default)]
+pub struct ReadPacer {
+    nap: bool,
+}
+
+impl ReadPacer {
+    /// [`EventLoop::poll`], after the nap the previous poll called for.
+    pub async fn poll(&mut self, eventloop: &mut EventLoop) -> Result<Event, ConnectionError> {
+        if std::mem::take(&mut self.nap) {
+            tokio::time::sleep(READ_NAP).await;
+        }
+        let started = Instant::now();
+        let event = eventloop.poll().await;
+        self.nap = matches!(event, Ok(Event::Incoming(Packet::Publish(_))))
+            && started.elapsed() > READ_WAITED;
+        event
+    }
+}
+
 /// Polls the event loop until the subscriber loop goes away.
 async fn pump(
     mut eventloop: EventLoop,
@@ -505,8 +544,9 @@ async fn pump(
     let mut backoff = reconnect_min;
     let mut generation = 0;
     let mut subscribing: VecDeque<Vec<String>> = VecDeque::new();
+    let mut pacer = ReadPacer::default();
     loop {
-        let forward = match eventloop.poll().await {
+        let forward = match pacer.poll(&mut eventloop).await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = reconnect_min;
                 generation += 1;
