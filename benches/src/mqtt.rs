@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde::Serialize;
-use wattdb_ingest::subscriber::ReadPacer;
+use wattdb_ingest::subscriber::{AckRuns, ReadPacer};
 
 use crate::encode_json;
 use crate::loadgen::stored_counts;
@@ -353,9 +353,9 @@ pub fn publish(
 
 /// Subscribes to the smart-plug topics and counts readings; returns once subscribed.
 /// The same client stack as WattDB's subscriber (rumqttc's async event loop on a tokio
-/// runtime, read at the same pace: [`ReadPacer`]) and the same acknowledgement pattern (at QoS 1, PUBACKs in bursts every
-/// 1,000 messages or 5 ms, as WattDB sends them after each write), minus the decoding
-/// and the writes.
+/// runtime, read at the same pace: [`ReadPacer`]) and the same acknowledgement pattern
+/// (at QoS 1, PUBACKs in runs of up to 1,000 messages or 5 ms, as WattDB sends them
+/// after each write, written by [`AckRuns`]), minus the decoding and the writes.
 fn null_subscriber(
     args: &MqttBenchArgs,
     qos: QoS,
@@ -383,13 +383,13 @@ fn null_subscriber(
             {
                 return;
             }
-            let mut owed: Vec<rumqttc::Publish> = Vec::new();
+            let mut owed: Vec<u16> = Vec::new();
             let mut tick = tokio::time::interval(Duration::from_millis(5));
             let mut pacer = ReadPacer::default();
-            let ack_all = |owed: &mut Vec<rumqttc::Publish>| {
-                for p in owed.drain(..) {
-                    let _ = client.try_ack(&p);
-                }
+            let acks = AckRuns::default();
+            let ack_all = |owed: &mut Vec<u16>| {
+                acks.queue(&client, 0, owed);
+                owed.clear();
             };
             loop {
                 tokio::select! {
@@ -398,15 +398,17 @@ fn null_subscriber(
                         Ok(Event::Incoming(Packet::SubAck(_))) => {
                             let _ = ready_tx.send(());
                         }
-                        Ok(Event::Incoming(Packet::Publish(mut p))) => {
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
                             delivered.fetch_add(per_message, Ordering::Relaxed);
                             if p.qos != QoS::AtMostOnce {
-                                p.payload = Default::default();
-                                owed.push(p);
+                                owed.push(p.pkid);
                                 if owed.len() >= 1000 {
                                     ack_all(&mut owed);
                                 }
                             }
+                        }
+                        Ok(Event::Outgoing(Outgoing::PubAck(pkid))) => {
+                            acks.sent(&mut eventloop, 0, pkid).await;
                         }
                         Ok(_) => {}
                         Err(_) => return,
