@@ -498,9 +498,6 @@ enum Incoming {
 /// the network and got a message.
 pub const READ_NAP: Duration = Duration::from_millis(1);
 
-/// A poll that took longer than this waited for the network: the socket was drained.
-const READ_WAITED: Duration = Duration::from_micros(50);
-
 /// Paces the reads of an event loop, so that a fast subscriber does not read a broker's
 /// messages a few at a time.
 ///
@@ -532,10 +529,18 @@ impl ReadPacer {
         if std::mem::take(&mut self.nap) {
             tokio::time::sleep(READ_NAP).await;
         }
-        let started = Instant::now();
-        let event = eventloop.poll().await;
-        self.nap = matches!(&event, Ok(Event::Incoming(Packet::Publish(p))) if p.payload.len() < NAP_BELOW)
-            && started.elapsed() > READ_WAITED;
+        // A poll that cannot complete at once waits for the network: the socket is
+        // drained. (Told apart without reading the clock, which costs per message.)
+        let mut waited = false;
+        let mut poll = std::pin::pin!(eventloop.poll());
+        let event = std::future::poll_fn(|cx| {
+            let ready = poll.as_mut().poll(cx);
+            waited |= ready.is_pending();
+            ready
+        })
+        .await;
+        self.nap = waited
+            && matches!(&event, Ok(Event::Incoming(Packet::Publish(p))) if p.payload.len() < NAP_BELOW);
         event
     }
 }
@@ -1080,45 +1085,57 @@ mod tests {
         }
     }
 
+    /// One MQTT packet from a raw socket: its first byte and its body.
+    fn read_packet(s: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
+        use std::io::Read;
+        let mut byte = [0u8; 1];
+        s.read_exact(&mut byte).unwrap();
+        let kind = byte[0];
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            s.read_exact(&mut byte).unwrap();
+            len |= usize::from(byte[0] & 0x7f) << shift;
+            shift += 7;
+            if byte[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).unwrap();
+        (kind, body)
+    }
+    /// An MQTT packet: first byte, remaining length, body.
+    fn packet(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![kind];
+        let mut len = body.len();
+        loop {
+            let mut b = (len & 0x7f) as u8;
+            len >>= 7;
+            if len > 0 {
+                b |= 0x80;
+            }
+            out.push(b);
+            if len == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// A QoS 0 PUBLISH of `payload` on `topic`.
+    fn publish0(topic: &str, payload: &[u8]) -> Vec<u8> {
+        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(payload);
+        packet(0x30, &body)
+    }
+
     /// A peer that plays broker over plain TCP (the wire order of PUBACKs is not
     /// something a real broker reports): it publishes `n` QoS 1 messages with packet
     /// ids 1..=n and returns the packet ids of the PUBACKs it got, in arrival order.
     fn broker_counting_pubacks(listener: std::net::TcpListener, n: u16) -> Vec<u16> {
-        use std::io::{Read, Write};
-        fn read_packet(s: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
-            let mut byte = [0u8; 1];
-            s.read_exact(&mut byte).unwrap();
-            let kind = byte[0];
-            let (mut len, mut shift) = (0usize, 0);
-            loop {
-                s.read_exact(&mut byte).unwrap();
-                len |= usize::from(byte[0] & 0x7f) << shift;
-                shift += 7;
-                if byte[0] & 0x80 == 0 {
-                    break;
-                }
-            }
-            let mut body = vec![0u8; len];
-            s.read_exact(&mut body).unwrap();
-            (kind, body)
-        }
-        fn packet(kind: u8, body: &[u8]) -> Vec<u8> {
-            let mut out = vec![kind];
-            let mut len = body.len();
-            loop {
-                let mut b = (len & 0x7f) as u8;
-                len >>= 7;
-                if len > 0 {
-                    b |= 0x80;
-                }
-                out.push(b);
-                if len == 0 {
-                    break;
-                }
-            }
-            out.extend_from_slice(body);
-            out
-        }
+        use std::io::Write;
         let (mut s, _) = listener.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         assert_eq!(read_packet(&mut s).0, 0x10, "CONNECT");
@@ -1157,6 +1174,67 @@ mod tests {
             }
         }
         acks
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_pacer_naps_after_a_small_message_it_had_to_wait_for() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            assert_eq!(read_packet(&mut s).0, 0x10, "CONNECT");
+            s.write_all(&[0x20, 2, 0, 0]).unwrap();
+            // Each write only when the test says so, after the client started waiting.
+            while let Ok(bytes) = go_rx.recv() {
+                s.write_all(&bytes).unwrap();
+            }
+        });
+        let mut options = MqttOptions::new("pacer", "127.0.0.1", port);
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        let (_client, mut eventloop) = AsyncClient::new(options, 10);
+        let mut pacer = ReadPacer::default();
+        assert!(matches!(
+            pacer.poll(&mut eventloop).await,
+            Ok(Event::Incoming(Packet::ConnAck(_)))
+        ));
+        let small = publish0("smartplug/p1/telemetry", br#"{"power":1}"#);
+        let large = publish0("smartplug/gw/telemetry", &[b' '; NAP_BELOW]);
+        let next = |bytes: Vec<u8>| {
+            let sender = go_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                sender.send(bytes).unwrap();
+            });
+        };
+        // A small message the poll had to wait for: nap before the next poll.
+        next(small.clone());
+        let event = pacer.poll(&mut eventloop).await;
+        assert!(
+            matches!(event, Ok(Event::Incoming(Packet::Publish(_)))),
+            "{event:?}"
+        );
+        assert!(pacer.nap);
+        // A large one: no nap.
+        next(large);
+        let event = pacer.poll(&mut eventloop).await;
+        assert!(
+            matches!(event, Ok(Event::Incoming(Packet::Publish(_)))),
+            "{event:?}"
+        );
+        assert!(!pacer.nap);
+        // Two small ones that arrive together: a nap after the first, which waited;
+        // none after the second, which was already there.
+        next([small.clone(), small].concat());
+        pacer.poll(&mut eventloop).await.unwrap();
+        assert!(pacer.nap);
+        pacer.poll(&mut eventloop).await.unwrap();
+        assert!(!pacer.nap);
+        drop(go_tx);
+        drop(eventloop);
+        peer.join().unwrap();
     }
 
     #[tokio::test(flavor = "current_thread")]
