@@ -388,8 +388,7 @@ fn null_subscriber(
             let mut pacer = ReadPacer::default();
             let acks = AckRuns::default();
             let ack_all = |owed: &mut Vec<u16>| {
-                acks.queue(&client, 0, owed);
-                owed.clear();
+                acks.queue(&client, 0, std::mem::take(owed));
             };
             loop {
                 tokio::select! {

@@ -495,7 +495,7 @@ enum Incoming {
 }
 
 /// How long a subscriber leaves the socket alone after a poll that had to wait for
-/// the network and got a message.
+/// the network and got a small message ([`ReadPacer`]).
 pub const READ_NAP: Duration = Duration::from_millis(1);
 
 /// Paces the reads of an event loop, so that a fast subscriber does not read a broker's
@@ -563,67 +563,60 @@ pub struct AckRuns {
 struct AckRun {
     /// The connection the PUBACKs belong to; never sent on another.
     connection: u64,
-    first: u16,
-    rest: Vec<u16>,
+    /// In message order; the first goes through rumqttc.
+    pkids: Vec<u16>,
 }
 
 impl AckRuns {
     /// Acknowledges `pkids` (in this order) on connection `connection`. Returns how
     /// many were queued: all, or none when the client's request channel is full.
-    pub fn queue(&self, client: &AsyncClient, connection: u64, pkids: &[u16]) -> usize {
-        let Some((&first, rest)) = pkids.split_first() else {
+    pub fn queue(&self, client: &AsyncClient, connection: u64, pkids: Vec<u16>) -> usize {
+        let Some(&first) = pkids.first() else {
             return 0;
         };
+        let queued = pkids.len();
         let mut runs = self.lock();
-        runs.push_back(AckRun {
-            connection,
-            first,
-            rest: rest.to_vec(),
-        });
+        runs.push_back(AckRun { connection, pkids });
         // Queued under the lock, so that the runs and the channel keep one order.
         if client.try_ack(&puback_for(first)).is_err() {
             runs.pop_back();
             return 0;
         }
-        pkids.len()
+        queued
     }
 
     /// The event loop sent the PUBACK `pkid` on connection `connection`: writes the rest
-    /// of the run it opens. Returns how many PUBACKs were written.
+    /// of the run it opens. Returns how many PUBACKs were written. Runs of connections
+    /// lost before are dropped here.
     pub async fn sent(&self, eventloop: &mut EventLoop, connection: u64, pkid: u16) -> usize {
         let run = {
             let mut runs = self.lock();
-            // Runs of a lost connection are never sent.
             while runs.front().is_some_and(|r| r.connection != connection) {
                 runs.pop_front();
             }
             match runs.front() {
-                Some(run) if run.first == pkid => runs.pop_front(),
+                Some(run) if run.pkids[0] == pkid => runs.pop_front(),
                 _ => None,
             }
         };
         let Some(run) = run else { return 0 };
+        let rest = &run.pkids[1..];
         let timeout = Duration::from_secs(eventloop.network_options().connection_timeout());
         let Some(network) = eventloop.network.as_mut() else {
             return 0;
         };
         let write = async {
-            for &pkid in &run.rest {
+            for &pkid in rest {
                 network.write(Packet::PubAck(PubAck::new(pkid))).await?;
             }
             network.flush().await
         };
         match tokio::time::timeout(timeout, write).await {
-            Ok(Ok(())) => run.rest.len(),
+            Ok(Ok(())) => rest.len(),
             // The connection is broken; the next poll reports it and reconnects, and
             // the broker redelivers what was not acknowledged.
             _ => 0,
         }
-    }
-
-    /// Forgets the runs of connections before `connection`.
-    pub fn connected(&self, connection: u64) {
-        self.lock().retain(|r| r.connection >= connection);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<AckRun>> {
@@ -662,7 +655,6 @@ async fn pump(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = reconnect_min;
                 generation += 1;
-                acks.connected(generation);
                 stats.connects.fetch_add(1, Ordering::Relaxed);
                 stats.connected.store(true, Ordering::Relaxed);
                 // A kept session keeps its subscriptions; subscribing again would
@@ -987,13 +979,11 @@ impl<S: ReadingSink> Loop<S> {
             .filter(|owed| owed.generation == self.generation)
             .map(|owed| owed.pkid)
             .collect();
-        if !pkids.is_empty() {
-            // The first counts now; the rest when the pump has written them.
-            let queued = self.acks.queue(&self.client, self.generation, &pkids);
-            self.stats
-                .acks
-                .fetch_add(queued.min(1) as u64, Ordering::Relaxed);
-        }
+        // The first counts now; the rest when the pump has written them.
+        let queued = self.acks.queue(&self.client, self.generation, pkids);
+        self.stats
+            .acks
+            .fetch_add(queued.min(1) as u64, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -1123,12 +1113,15 @@ mod tests {
         out
     }
 
-    /// A QoS 0 PUBLISH of `payload` on `topic`.
-    fn publish0(topic: &str, payload: &[u8]) -> Vec<u8> {
+    /// A PUBLISH of `payload` on `topic`: QoS 1 with packet id `pkid`, or QoS 0.
+    fn publish(topic: &str, pkid: Option<u16>, payload: &[u8]) -> Vec<u8> {
         let mut body = (topic.len() as u16).to_be_bytes().to_vec();
         body.extend_from_slice(topic.as_bytes());
+        if let Some(pkid) = pkid {
+            body.extend_from_slice(&pkid.to_be_bytes());
+        }
         body.extend_from_slice(payload);
-        packet(0x30, &body)
+        packet(if pkid.is_some() { 0x32 } else { 0x30 }, &body)
     }
 
     /// A peer that plays broker over plain TCP (the wire order of PUBACKs is not
@@ -1158,11 +1151,7 @@ mod tests {
                 r#"{{"ts":{},"voltage":230.1,"current":0.5,"power":{pkid}}}"#,
                 1_700_000_000 + u64::from(pkid)
             );
-            let mut body = (topic.len() as u16).to_be_bytes().to_vec();
-            body.extend_from_slice(topic.as_bytes());
-            body.extend_from_slice(&pkid.to_be_bytes());
-            body.extend_from_slice(payload.as_bytes());
-            out.extend(packet(0x32, &body));
+            out.extend(publish(&topic, Some(pkid), payload.as_bytes()));
         }
         s.write_all(&out).unwrap();
         let mut acks = Vec::new();
@@ -1200,8 +1189,8 @@ mod tests {
             pacer.poll(&mut eventloop).await,
             Ok(Event::Incoming(Packet::ConnAck(_)))
         ));
-        let small = publish0("smartplug/p1/telemetry", br#"{"power":1}"#);
-        let large = publish0("smartplug/gw/telemetry", &[b' '; NAP_BELOW]);
+        let small = publish("smartplug/p1/telemetry", None, br#"{"power":1}"#);
+        let large = publish("smartplug/gw/telemetry", None, &[b' '; NAP_BELOW]);
         let next = |bytes: Vec<u8>| {
             let sender = go_tx.clone();
             tokio::spawn(async move {
