@@ -194,7 +194,7 @@ struct ServeArgs {
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     persist_interval_s: u64,
     /// ... and as soon as the buffer holds this much, in MiB.
-    #[arg(long, default_value_t = 512, value_name = "MIB")]
+    #[arg(long, default_value_t = 352, value_name = "MIB")]
     persist_mib: usize,
     /// Merge the small Parquet files of a partition once it has this many.
     #[arg(long, default_value_t = 8, value_name = "FILES")]

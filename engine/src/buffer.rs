@@ -18,7 +18,7 @@ use arrow::compute::filter_record_batch;
 use hashbrown::HashMap;
 use wattdb_storage::{ReadingBatch, files};
 
-use crate::schema::{ReadingColumns, readings_schema};
+use crate::schema::{ReadingColumns, StrWidths, readings_schema};
 
 /// Rows of the open chunk at which it becomes a record batch.
 const CHUNK_ROWS: usize = 64 * 1024;
@@ -92,18 +92,21 @@ struct OpenChunk {
     min_segment: u64,
     /// What [`Buffer::bytes`] counts for these rows.
     bytes: usize,
+    /// Rows the builders hold before they would grow.
+    capacity: usize,
     columns: ReadingColumns,
 }
 
 impl OpenChunk {
-    fn new(first_row: u64, capacity: usize) -> Self {
+    fn new(first_row: u64, capacity: usize, widths: StrWidths) -> Self {
         Self {
             first_row,
             min_ts: i64::MAX,
             max_ts: i64::MIN,
             min_segment: u64::MAX,
             bytes: 0,
-            columns: ReadingColumns::with_capacity(capacity),
+            capacity,
+            columns: ReadingColumns::with_widths(capacity, widths),
         }
     }
 
@@ -231,6 +234,8 @@ pub struct Buffer {
     chunks: Vec<Chunk>,
     /// Rows inserted since the last chunk was sealed.
     open: Option<OpenChunk>,
+    /// String widths of the last chunk sealed: what the next open chunk is sized by.
+    widths: StrWidths,
     next_row: u64,
     /// Per plug (by dense key): reading times, sorted, and their live row numbers.
     times: Vec<PlugRows>,
@@ -256,6 +261,7 @@ impl Buffer {
         Self {
             chunks: Vec::new(),
             open: None,
+            widths: StrWidths::default(),
             next_row: 0,
             times: Vec::new(),
             devices: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0x5eed)),
@@ -312,11 +318,21 @@ impl Buffer {
             }
         }
         self.next_row = row;
-        // A write of CHUNK_ROWS or more into an empty open chunk is sealed at once: a
-        // chunk of its own, its capacity exactly its rows.
+        // The open chunk never grows past the capacity it was made with: a write that
+        // does not fit seals it first (growing would copy every column into fresh,
+        // twice as large, memory). A write of CHUNK_ROWS or more into an empty open
+        // chunk is sealed at once: a chunk of its own, its capacity exactly its rows.
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|o| o.columns.len() + rows > o.capacity)
+        {
+            self.seal();
+        }
+        let widths = self.widths;
         let open = self
             .open
-            .get_or_insert_with(|| OpenChunk::new(first_row, rows.max(CHUNK_ROWS)));
+            .get_or_insert_with(|| OpenChunk::new(first_row, rows.max(CHUNK_ROWS), widths));
         for b in parts {
             self.bytes += open.append(b);
         }
@@ -332,6 +348,7 @@ impl Buffer {
     fn seal(&mut self) {
         if let Some(open) = self.open.take() {
             let (counted, rows) = (open.bytes, open.columns.len());
+            self.widths = open.columns.widths();
             let chunk = open.seal();
             self.bytes = self.bytes.saturating_sub(counted)
                 + chunk.batch.get_array_memory_size()
@@ -731,24 +748,31 @@ mod tests {
             }
             buf.insert_test(&[&b]);
         };
-        // Small inserts until the open chunk is sealed, ...
+        // Small inserts until the open chunk is sealed: before the write that would not
+        // fit, so that its builders never grow (growing copies every column into
+        // memory twice as large), ...
         let mut k = 0;
         while buf.chunks.is_empty() {
             insert(&mut buf, k..k + 5_000, 0);
             k += 5_000;
         }
-        assert!(buf.open.is_none());
-        // ... one big enough for a chunk of its own, ...
+        let fits = CHUNK_ROWS / 5_000 * 5_000;
+        assert_eq!(buf.chunks[0].batch.num_rows(), fits);
+        assert_eq!(buf.open.as_ref().map(|o| o.columns.len()), Some(5_000));
+        let ts_bytes = buf.chunks[0].batch.column(1).to_data().buffers()[0].capacity();
+        assert_eq!(ts_bytes, CHUNK_ROWS * 8, "the builders never grew");
+        // ... one big enough for a chunk of its own (the open one is sealed first), ...
         insert(&mut buf, k..k + CHUNK_ROWS as u64 + 10, 0);
         k += CHUNK_ROWS as u64 + 10;
-        assert_eq!((buf.chunks.len(), buf.open.is_none()), (2, true));
-        // ... then small ones again, rewriting readings of all three chunks.
+        assert_eq!((buf.chunks.len(), buf.open.is_none()), (3, true));
+        // ... then small ones again, rewriting readings of the first chunk, the big one
+        // and the open one.
         insert(&mut buf, k..k + 3_000, 0);
         insert(&mut buf, 100..200, 1);
         insert(&mut buf, k - 50..k + 50, 1);
         insert(&mut buf, k + 2_990..k + 3_000, 2);
         assert!(buf.open.is_some());
-        assert_eq!(buf.batches(), 3);
+        assert_eq!(buf.batches(), 4);
 
         let mut expected: Vec<Vec<String>> = written.into_values().collect();
         expected.sort();

@@ -124,7 +124,7 @@ impl Default for EngineConfig {
             wal_faults: None,
             store: None,
             persist_interval: Duration::from_secs(60),
-            persist_bytes: 512 << 20,
+            persist_bytes: 352 << 20,
             persist_faults: None,
             compaction: CompactionConfig::default(),
             rollups: RollupSettings::default(),

@@ -6,6 +6,13 @@
 //! process's resident memory stays at the cycle's peak while the engine holds far less.
 //! With a million plugs, 0.9 GB of 3.1 GB resident after two cycles was such free
 //! memory (see "A million plugs" in the README). `malloc_trim` returns it.
+//!
+//! Not while writes keep coming, though ([`TrimAfterCycle`]): the next cycle's buffer
+//! reuses that memory, and memory handed back costs the write path a page fault per
+//! 4 KiB when it is touched again (2-10 µs each on the development machine), besides
+//! the arena locks `malloc_trim` holds while it walks them.
+
+use std::time::{Duration, Instant};
 
 /// Returns the allocator's free memory to the system; a no-op where the allocator is
 /// not glibc's.
@@ -21,3 +28,93 @@ pub(crate) fn release_free() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub(crate) fn release_free() {}
+
+/// How often a pending trim looks at the write rate.
+const TRIM_CHECK: Duration = Duration::from_secs(1);
+
+/// When free memory goes back to the system after a persist cycle: at once if the cycle
+/// left the buffer empty, else once the buffer grows by less than `quiet_bytes` a
+/// second. Under sustained load that is not before the load drops; resident memory
+/// then stays at the cycle's peak, which the next cycle needs again.
+#[derive(Debug)]
+pub(crate) struct TrimAfterCycle {
+    quiet_bytes: usize,
+    /// When to look next, and the buffer's bytes when last looked.
+    pending: Option<(Instant, usize)>,
+}
+
+impl TrimAfterCycle {
+    pub(crate) fn new(quiet_bytes: usize) -> Self {
+        Self {
+            quiet_bytes,
+            pending: None,
+        }
+    }
+
+    /// A cycle persisted rows; `buffered` is what the buffer holds now.
+    pub(crate) fn cycle_done(&mut self, now: Instant, buffered: usize) {
+        self.pending = Some((now + TRIM_CHECK, buffered));
+        if buffered == 0 {
+            self.trim();
+        }
+    }
+
+    /// Called between cycles; trims once writes have slowed down.
+    pub(crate) fn tick(&mut self, now: Instant, buffered: usize) {
+        let Some((at, before)) = self.pending else {
+            return;
+        };
+        if now < at {
+            return;
+        }
+        let waited = (now - at + TRIM_CHECK).as_secs_f64();
+        let per_second = buffered.saturating_sub(before) as f64 / waited;
+        if per_second < self.quiet_bytes as f64 {
+            self.trim();
+        } else {
+            self.pending = Some((now + TRIM_CHECK, buffered));
+        }
+    }
+
+    fn trim(&mut self) {
+        self.pending = None;
+        let t = Instant::now();
+        release_free();
+        tracing::debug!(
+            ms = t.elapsed().as_millis() as u64,
+            "returned free memory to the system"
+        );
+    }
+
+    #[cfg(test)]
+    fn pending(&self) -> bool {
+        self.pending.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trim_waits_for_writes_to_slow_down() {
+        let start = Instant::now();
+        let mut trim = TrimAfterCycle::new(1000);
+        trim.cycle_done(start, 500);
+        assert!(trim.pending());
+        // Not before a second has passed, ...
+        trim.tick(start + Duration::from_millis(500), 500);
+        assert!(trim.pending());
+        // ... not while the buffer grows by 1000 bytes a second or more, ...
+        trim.tick(start + Duration::from_secs(1), 1_600);
+        assert!(trim.pending());
+        trim.tick(start + Duration::from_secs(3), 3_700);
+        assert!(trim.pending(), "2100 bytes in 2 s is still 1050 a second");
+        // ... and once it grows more slowly.
+        trim.tick(start + Duration::from_secs(4), 4_600);
+        assert!(!trim.pending());
+        // A cycle that leaves the buffer empty trims at once.
+        trim.cycle_done(start, 0);
+        assert!(!trim.pending());
+    }
+}

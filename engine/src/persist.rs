@@ -110,6 +110,11 @@ pub(crate) struct WalSegments {
     pub spares: usize,
 }
 
+/// Free memory goes back to the system after a cycle once the buffer grows by less
+/// than `persist_bytes / QUIET_DIVISOR` a second: 8 MiB/s by default, about 100,000
+/// readings/s (see [`memory::TrimAfterCycle`]).
+const QUIET_DIVISOR: usize = 64;
+
 /// Retention runs at most this often by itself.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
@@ -130,6 +135,7 @@ pub(crate) fn run(args: PersisterArgs) {
         runtime,
     } = args;
     let mut compactor = Compactor::new(compaction);
+    let mut trim = memory::TrimAfterCycle::new(persist_bytes / QUIET_DIVISOR);
     let rollups = Rollups::new(rollups);
     let mut expire_waiters: Vec<oneshot::Sender<Result<RetentionReport>>> = Vec::new();
     let mut next_expiry = Instant::now();
@@ -148,7 +154,8 @@ pub(crate) fn run(args: PersisterArgs) {
             Err(RecvTimeoutError::Timeout) => {}
         }
         let now = Instant::now();
-        let pressure = shared.buffer.read().bytes() >= persist_bytes;
+        let buffered = shared.buffer.read().bytes();
+        let pressure = buffered >= persist_bytes;
         // Shutting down does not persist: everything buffered is durable in the WAL.
         let due = match retry_at {
             Some(t) => now >= t,
@@ -158,8 +165,9 @@ pub(crate) fn run(args: PersisterArgs) {
             continue;
         }
         if !due {
-            // Between cycles: retention, one compaction job, and deletion of replaced
-            // files.
+            // Between cycles: free memory back to the system once writes slow down,
+            // retention, one compaction job, and deletion of replaced files.
+            trim.tick(now, buffered);
             if retry_at.is_none() && (!expire_waiters.is_empty() || now >= next_expiry) {
                 next_expiry = now + RETENTION_EVERY;
                 let (graveyard, delete_after) = compactor.graveyard();
@@ -207,12 +215,7 @@ pub(crate) fn run(args: PersisterArgs) {
         match result {
             Ok(report) => {
                 if report.rows > 0 {
-                    let t = Instant::now();
-                    memory::release_free();
-                    tracing::debug!(
-                        ms = t.elapsed().as_millis() as u64,
-                        "returned free memory to the system"
-                    );
+                    trim.cycle_done(Instant::now(), shared.buffer.read().bytes());
                     info!(
                         rows = report.rows,
                         files = report.files,

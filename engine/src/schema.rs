@@ -169,19 +169,59 @@ pub struct ReadingColumns {
     device_type: StringBuilder,
 }
 
-impl ReadingColumns {
-    /// Room for `rows` rows (plug ids of 16 bytes) before any builder grows.
-    pub fn with_capacity(rows: usize) -> Self {
+/// Bytes per row of the string columns' values: what a new set of builders is sized by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StrWidths {
+    pub device_id: usize,
+    pub location: usize,
+    pub device_type: usize,
+}
+
+impl Default for StrWidths {
+    /// Plug ids of 16 bytes, no tags.
+    fn default() -> Self {
         Self {
-            device_id: StringBuilder::with_capacity(rows, rows * 16),
+            device_id: 16,
+            location: 0,
+            device_type: 0,
+        }
+    }
+}
+
+impl ReadingColumns {
+    /// Room for `rows` rows (plug ids of 16 bytes, no tags) before any builder grows.
+    pub fn with_capacity(rows: usize) -> Self {
+        Self::with_widths(rows, StrWidths::default())
+    }
+
+    /// Room for `rows` rows whose strings are `widths` bytes long before any builder
+    /// grows.
+    pub fn with_widths(rows: usize, widths: StrWidths) -> Self {
+        Self {
+            device_id: StringBuilder::with_capacity(rows, rows * widths.device_id),
             ts: TimestampNanosecondBuilder::with_capacity(rows),
             voltage: Float64Builder::with_capacity(rows),
             current: Float64Builder::with_capacity(rows),
             power: Float64Builder::with_capacity(rows),
             energy: Float64Builder::with_capacity(rows),
             relay_on: BooleanBuilder::with_capacity(rows),
-            location: StringBuilder::new(),
-            device_type: StringBuilder::new(),
+            location: StringBuilder::with_capacity(rows, rows * widths.location),
+            device_type: StringBuilder::with_capacity(rows, rows * widths.device_type),
+        }
+    }
+
+    /// The string bytes per row so far, rounded up, with an eighth to spare: the
+    /// widths for the next builders of rows like these.
+    pub fn widths(&self) -> StrWidths {
+        let rows = self.len().max(1);
+        let width = |b: &StringBuilder| {
+            let bytes = b.values_slice().len();
+            (bytes + bytes / 8).div_ceil(rows)
+        };
+        StrWidths {
+            device_id: width(&self.device_id),
+            location: width(&self.location),
+            device_type: width(&self.device_type),
         }
     }
 
