@@ -5,10 +5,11 @@
 //! reading times in order with their global row numbers, so the earlier copy is found by
 //! a binary search (or not at all, in the common case of a reading newer than every
 //! other of its plug), and its row number goes into a deletion set that snapshots
-//! filter out. Writes go into an open chunk of growing Arrow builders, which becomes a
-//! record batch without a copy once it holds [`CHUNK_ROWS`] rows: a stream of small
-//! writes neither becomes millions of tiny batches nor is copied twice (once into a
-//! small batch, again to merge the small batches).
+//! filter out. Writes go into an open chunk of Arrow builders, which becomes a record
+//! batch without a copy once it holds [`CHUNK_ROWS`] rows, or before a write that would
+//! make its builders grow: a stream of small writes neither becomes millions of tiny
+//! batches nor is copied twice (once into a small batch, again to merge the small
+//! batches).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

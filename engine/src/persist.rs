@@ -111,7 +111,7 @@ pub(crate) struct WalSegments {
 }
 
 /// Free memory goes back to the system after a cycle once the buffer grows by less
-/// than `persist_bytes / QUIET_DIVISOR` a second: 8 MiB/s by default, about 100,000
+/// than `persist_bytes / QUIET_DIVISOR` a second: 5.5 MiB/s by default, about 70,000
 /// readings/s (see [`memory::TrimAfterCycle`]).
 const QUIET_DIVISOR: usize = 64;
 
