@@ -39,7 +39,7 @@ const TRIM_CHECK: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct TrimAfterCycle {
     quiet_bytes: usize,
-    /// When to look next, and the buffer's bytes when last looked.
+    /// When the buffer was last looked at, and its bytes then.
     pending: Option<(Instant, usize)>,
 }
 
@@ -53,26 +53,27 @@ impl TrimAfterCycle {
 
     /// A cycle persisted rows; `buffered` is what the buffer holds now.
     pub(crate) fn cycle_done(&mut self, now: Instant, buffered: usize) {
-        self.pending = Some((now + TRIM_CHECK, buffered));
         if buffered == 0 {
             self.trim();
+        } else {
+            self.pending = Some((now, buffered));
         }
     }
 
     /// Called between cycles; trims once writes have slowed down.
     pub(crate) fn tick(&mut self, now: Instant, buffered: usize) {
-        let Some((at, before)) = self.pending else {
+        let Some((looked, before)) = self.pending else {
             return;
         };
-        if now < at {
+        let waited = now.saturating_duration_since(looked);
+        if waited < TRIM_CHECK {
             return;
         }
-        let waited = (now - at + TRIM_CHECK).as_secs_f64();
-        let per_second = buffered.saturating_sub(before) as f64 / waited;
+        let per_second = buffered.saturating_sub(before) as f64 / waited.as_secs_f64();
         if per_second < self.quiet_bytes as f64 {
             self.trim();
         } else {
-            self.pending = Some((now + TRIM_CHECK, buffered));
+            self.pending = Some((now, buffered));
         }
     }
 
