@@ -198,7 +198,7 @@ pub async fn metrics(
         &mut out,
         "wattdb_rollup_tails",
         "gauge",
-        "Plugs whose rollup tail (newest reading and open 1m/1h/1d rows, about 800 bytes each) is held in memory.",
+        "Plugs whose rollup tail (newest persisted reading, counter value and tags, about 200 bytes each) is held in memory.",
     );
     let _ = writeln!(out, "wattdb_rollup_tails {}", load(&e.rollup_tails));
     let (rows, bytes) = app.engine.buffer_usage();

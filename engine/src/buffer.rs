@@ -154,8 +154,9 @@ pub struct Frozen {
     pub min_segment: u64,
     /// Every WAL record up to this sequence number is in these rows (or older files).
     pub max_seq: u64,
-    /// Where each plug's live rows are, in time order: what [`Frozen::sorted`] needs.
-    order: FrozenOrder,
+    /// Where each plug's live rows are, in time order: what [`Frozen::sorted`] needs
+    /// (`None`: [`Frozen::batches`] is one batch, sorted already).
+    order: Option<FrozenOrder>,
 }
 
 /// The buffer's per-plug index, taken out with the rows it points into.
@@ -170,6 +171,22 @@ struct FrozenOrder {
 }
 
 impl Frozen {
+    /// The same rows held as `sorted` (what [`Frozen::sorted`] returned) instead of the
+    /// buffer's chunks and index, which can then go: a persist cycle need not keep
+    /// both copies while it writes rollups.
+    pub fn as_sorted(&self, sorted: RecordBatch) -> Frozen {
+        Frozen {
+            rows: self.rows,
+            bytes: sorted.get_array_memory_size(),
+            min_ts: self.min_ts,
+            max_ts: self.max_ts,
+            min_segment: self.min_segment,
+            max_seq: self.max_seq,
+            batches: vec![sorted],
+            order: None,
+        }
+    }
+
     /// The rows in `(device_id, ts)` order, one per key, in one record batch.
     ///
     /// The buffer's index already holds each plug's rows in time order, so this only
@@ -177,11 +194,18 @@ impl Frozen {
     /// device ids. The same order as [`wattdb_storage::files::sort_rows`] over
     /// [`Frozen::batches`], at a fraction of the cost.
     pub fn sorted(&self) -> Result<RecordBatch, arrow::error::ArrowError> {
-        let FrozenOrder {
+        let Some(FrozenOrder {
             chunks,
             first_rows,
             plugs,
-        } = &self.order;
+        }) = &self.order
+        else {
+            return Ok(self
+                .batches
+                .first()
+                .cloned()
+                .unwrap_or_else(|| RecordBatch::new_empty(readings_schema())));
+        };
         let mut plugs: Vec<&(Arc<str>, Vec<u64>)> =
             plugs.iter().filter(|(_, rows)| !rows.is_empty()).collect();
         if plugs.is_empty() {
@@ -472,7 +496,7 @@ impl Buffer {
             min_segment: self.chunks.iter().map(|c| c.min_segment).min().unwrap_or(0),
             max_seq: self.applied.map_or(0, |p| p.seq),
             batches,
-            order: FrozenOrder {
+            order: Some(FrozenOrder {
                 first_rows: self.chunks.iter().map(|c| c.first_row).collect(),
                 chunks: self.chunks.drain(..).map(|c| c.batch).collect(),
                 plugs: self
@@ -481,7 +505,7 @@ impl Buffer {
                     .zip(&self.latest)
                     .map(|(t, l)| (Arc::clone(&l.device_id), std::mem::take(t).rows))
                     .collect(),
-            },
+            }),
         };
         self.deleted.clear();
         self.row_base = self.next_row;

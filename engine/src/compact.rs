@@ -12,8 +12,10 @@
 //!    last-write-wins exact: the merged file takes the highest rank of its inputs
 //!    ([`FileMeta::rank`]), so every file that ranked above an input still ranks above
 //!    the merged rows, and every file below still ranks below.
-//! 2. **Merge**: read the inputs, sort by `(device_id, ts)` (`bucket` for rollups), keep the highest-ranked copy
-//!    of every key, upload the result as a new file. Memory is bounded by `max_rows`.
+//! 2. **Merge**: read the inputs, sort by `(device_id, ts)`, keep the highest-ranked copy
+//!    of every key (rollups: merge the rows of each plug and bucket, as
+//!    [`crate::merge`] says; a partial row that has no whole row under it among the
+//!    inputs stays partial), upload the result as a new file. Memory is bounded by `max_rows`.
 //! 3. **Commit** a manifest version that lists the new file instead of the inputs;
 //!    queries switch in the same step.
 //! 4. **Delete** the inputs after [`CompactionConfig::delete_after`], so queries planned
@@ -31,12 +33,13 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
-use wattdb_storage::files::{self, FileMeta};
+use wattdb_storage::files::{self, FileMeta, Tier};
 use wattdb_storage::{ObjectPath as ObjPath, Store};
 
 use crate::error::{Error, Result};
+use crate::merge::merge_rollup_rows;
 use crate::persist::View;
-use crate::schema::tier_schema;
+use crate::schema::tier_file_schema;
 use crate::{PersistFaults, Shared};
 
 /// When and how much to compact.
@@ -46,7 +49,8 @@ pub struct CompactionConfig {
     pub min_files: usize,
     /// Files at least this large are left as they are.
     pub small_file_bytes: u64,
-    /// Most rows one job holds in memory (its inputs).
+    /// Most rows one job holds in memory (its inputs). A rollup row, with its 25
+    /// columns, counts as two.
     pub max_rows: u64,
     /// How long replaced files stay readable for queries already planned.
     pub delete_after: Duration,
@@ -102,13 +106,17 @@ pub(crate) fn pick(files: &[FileMeta], config: &CompactionConfig) -> Option<Vec<
         let mut rows = 0;
         for f in part {
             let small = f.size < config.small_file_bytes;
-            if !small || rows + f.rows > config.max_rows {
+            let weight = match f.tier {
+                files::Tier::Raw => f.rows,
+                _ => f.rows.saturating_mul(2),
+            };
+            if !small || rows + weight > config.max_rows {
                 consider(&mut best, &run, config);
                 run.clear();
                 rows = 0;
             }
-            if small && f.rows <= config.max_rows {
-                rows += f.rows;
+            if small && weight <= config.max_rows {
+                rows += weight;
                 run.push(f);
             }
         }
@@ -248,7 +256,7 @@ pub(crate) async fn compact_once(
     };
     let started = Instant::now();
     let tier = inputs[0].tier;
-    let (schema, time) = (tier_schema(tier), tier.time_column());
+    let (schema, time) = (tier_file_schema(tier), tier.time_column());
     let mut ranked: Vec<(u64, RecordBatch)> = Vec::with_capacity(inputs.len());
     for f in &inputs {
         let body = store.get(&f.object_path()).await?;
@@ -256,7 +264,12 @@ pub(crate) async fn compact_once(
             ranked.push((f.rank(), b));
         }
     }
-    let merged = files::merge_newest(&schema, &ranked, time)?;
+    // Raw readings: the newest copy of each key wins. Rollups: the rows of each plug
+    // and bucket merge (partial rows add to the rows under them).
+    let merged = match tier {
+        Tier::Raw => files::merge_newest(&schema, &ranked, time)?,
+        _ => merge_rollup_rows(&ranked).map_err(files::EncodeError::from)?,
+    };
     drop(ranked);
     let props = files::writer_properties(&schema, time);
     let body = files::encode(&merged, props)?;

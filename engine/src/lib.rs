@@ -40,6 +40,7 @@ mod compact;
 mod error;
 pub mod histogram;
 mod memory;
+mod merge;
 pub mod persist;
 pub mod retention;
 pub mod rollup;
@@ -64,10 +65,13 @@ use wattdb_storage::wal::{self, WalConfig};
 pub use buffer::{Buffer, Frozen, LatestReading, WalPosition};
 pub use compact::{CompactionConfig, CompactionReport};
 pub use error::{Error, Result};
+pub use merge::merge_rollup_rows;
 pub use persist::{PersistReport, View};
 pub use retention::{Clock, RetentionConfig, RetentionReport};
 pub use rollups::RollupSettings;
-pub use schema::{readings_schema, rollup_schema, tier_schema};
+pub use schema::{
+    readings_schema, rollup_file_schema, rollup_schema, tier_file_schema, tier_schema,
+};
 pub use wattdb_storage::{
     FileMeta, Manifest, ReadingBatch, ReadingRef, S3Config, Store, StoreConfig, Tier,
     validate_device_id,
@@ -220,7 +224,7 @@ pub struct EngineStats {
     pub rollup_new_plugs: AtomicU64,
     /// Readings persisted raw but too late to change rollups.
     pub rollup_too_late: AtomicU64,
-    /// Plugs whose rollup tail (about 800 bytes each) is held in memory: every plug
+    /// Plugs whose rollup tail (about 200 bytes each) is held in memory: every plug
     /// persisted since the start.
     pub rollup_tails: AtomicU64,
     /// Files removed by retention.
@@ -595,8 +599,8 @@ impl Engine {
     /// The rows of the rollup table `tier` that the readings not yet persisted add or
     /// change, for the plugs in `devices` (an inclusive id range; all when `None`) and
     /// buckets up to `to` (all when `None`): the rows the next persist cycle will write,
-    /// computed as it will compute them, but now. They replace the files' rows of the
-    /// same plug and bucket, so that a rollup table is current to the last acknowledged
+    /// computed as it will compute them, but now. Ranked above every file, they merge
+    /// with the files' rows of the same plug and bucket ([`merge_rollup_rows`]), so that a rollup table is current to the last acknowledged
     /// reading. Returned with the manifest whose files they complete: the rows hold no
     /// reading that a later manifest holds in files, and the two must go together.
     ///

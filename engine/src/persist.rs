@@ -287,7 +287,7 @@ async fn persist_all(
                 None => break,
             },
         };
-        report.add(persist_frozen(ctx, rollups, &frozen).await?);
+        report.add(persist_frozen(ctx, rollups, frozen).await?);
         release_wal(shared, wal);
     }
     Ok(report)
@@ -308,7 +308,7 @@ fn freeze(shared: &Shared) -> Option<Arc<Frozen>> {
 async fn persist_frozen(
     ctx: &Cycle<'_>,
     rollups: &Rollups,
-    frozen: &Arc<Frozen>,
+    frozen: Arc<Frozen>,
 ) -> Result<PersistReport> {
     let Cycle {
         shared,
@@ -321,6 +321,15 @@ async fn persist_frozen(
     let t = Instant::now();
     let sorted = frozen.sorted().map_err(files::EncodeError::from)?;
     let sort_ms = t.elapsed().as_millis() as u64;
+    // From now on queries read the sorted copy, and the buffer's chunks and index go
+    // (once no query holds them): the rest of the cycle holds one copy of the rows.
+    let frozen = {
+        let slim = Arc::new(frozen.as_sorted(sorted.clone()));
+        shared.view.write().frozen = Some(Arc::clone(&slim));
+        shared.frozen_bytes.store(slim.bytes, Ordering::Relaxed);
+        drop(frozen);
+        slim
+    };
     let (new_files, bytes) = write_raw_files(store, &sorted, &mut next_id, faults).await?;
     let t = Instant::now();
     let mut uploads = Uploads {

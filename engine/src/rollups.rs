@@ -10,9 +10,10 @@
 //! For each plug in the frozen rows:
 //! - **In order** (the common case): every frozen reading is newer than the plug's
 //!   newest persisted one. The engine keeps, per plug, that reading, the last counter
-//!   value, and the open 1m, 1h and 1d partials (the plug's *tail*, in memory). The new
-//!   readings extend it: partials for the new buckets, and the open buckets merged with
-//!   what the new readings add to them ([`Partial::merge_from`]). No file is read.
+//!   value and its tags (the plug's *tail*, in memory, about 100 bytes). The new
+//!   readings extend it: whole rows for the new buckets, and for the open buckets (those
+//!   of the newest persisted reading) *partial* rows of what the new readings add, which
+//!   readers merge with the rows under them ([`crate::merge`]). No file is read.
 //! - **New plugs**: a plug with no tail that no committed file can hold (its id is
 //!   outside every file's device range, as with every plug of an empty store) has
 //!   nothing persisted to start from; its tail starts from its frozen readings, as an
@@ -30,9 +31,10 @@
 //!   Memory: one hour of raw readings of the recomputed plugs at a time, and the rollup
 //!   rows, which are uploaded in parts of [`FLUSH_ROWS`].
 //!
-//! A recomputed or extended bucket is written again, in a new file; as with raw files,
-//! the copy in the file of higher rank wins, so queries and compaction see one row per
-//! plug and bucket. 1h partials are always built from 1m partials and 1d from 1h.
+//! A recomputed bucket is written again whole, in a new file: as with raw files, it
+//! replaces the rows of lower rank; an extended open bucket gets a partial row, which
+//! adds to them. Queries and compaction merge them ([`crate::merge`]) and see one row
+//! per plug and bucket. 1h partials are always built from 1m partials and 1d from 1h.
 //!
 //! **Late-data horizon.** Readings older than [`RollupSettings::horizon`] before the
 //! newest persisted reading (or before now, if that is earlier) are stored as raw
@@ -55,14 +57,16 @@ use wattdb_storage::{Manifest, Store};
 
 use crate::PersistFaults;
 use crate::error::Result;
+use crate::merge::merge_rollup_rows;
 use crate::rollup::{Partial, Resolution, RollupConfig, Sample, compute};
-use crate::schema::{col, readings_schema, rollup_col as rc, rollup_schema};
+use crate::schema::{col, readings_schema, rollup_col as rc, rollup_file_schema};
 
 /// Nanoseconds in an hour: the unit of recomputation.
 const HOUR_NS: i64 = 3_600_000_000_000;
 
-/// Rollup rows kept in memory before they are uploaded.
-pub const FLUSH_ROWS: usize = 1 << 20;
+/// Rollup rows kept in memory before they are uploaded: about 64 MB of [`Row`]s (a
+/// million plugs write three million rows a cycle, in about a dozen files).
+pub const FLUSH_ROWS: usize = 1 << 18;
 
 /// Settings of the rollup tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +100,7 @@ impl RollupSettings {
     }
 }
 
-/// One row of a rollup table: a plug's partial over one bucket, with the tags of the
+/// One row of a rollup file: a plug's partial over one bucket, with the tags of the
 /// bucket's last reading.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
@@ -104,30 +108,42 @@ pub struct Row {
     pub p: Partial,
     pub location: Option<Arc<str>>,
     pub device_type: Option<Arc<str>>,
+    /// The row covers only readings newer than those of the rows of lower rank of the
+    /// same plug and bucket, and is merged into them; otherwise it replaces them.
+    pub partial: bool,
 }
 
-/// What the engine keeps of a plug to extend its rollups with newer readings.
+/// What the engine keeps of a plug to extend its rollups with newer readings: its
+/// newest persisted reading, which is what the next readings' partials start from.
+/// The open buckets (those of `last.ts`) are in the files; the next cycle writes what
+/// it adds to them as partial rows.
 #[derive(Debug, Clone)]
 pub(crate) struct Tail {
     /// The plug's newest persisted reading.
     last: Sample,
     /// Its newest persisted counter value.
     last_energy: Option<f64>,
-    /// The newest 1m, 1h and 1d rows.
-    open: [Row; 3],
+    /// The tags of its newest persisted reading, shared with the rows of the cycle.
+    location: Option<Arc<str>>,
+    device_type: Option<Arc<str>>,
+}
+
+impl Tail {
+    /// Whether `bucket` of `res` is the plug's open bucket, the one its newest persisted
+    /// reading lies in.
+    fn is_open(&self, res: Resolution, bucket: i64) -> bool {
+        res.bucket_start(self.last.ts) == bucket
+    }
 }
 
 /// The tails of the plugs persisted since the start. They live in the engine's shared
 /// state, next to the manifest they belong to, so that queries can extend them too
 /// ([`preview`]).
 ///
-/// Dense: the tails (about 800 bytes each) lie side by side in one vector, and the hash
-/// table maps a plug to its place ([`Indexed`]). With a million plugs, tails in the
-/// table's slots took 1.7 GB (a table has up to twice as many slots as entries); a box
-/// per tail took 0.85 GB, but a persist cycle that replaced every box left the
-/// allocator's heap fragmented, so that the process stayed 0.8 GB larger than what it
-/// held. One vector is one allocation, and a cycle's new tails are another that it
-/// frees whole.
+/// Dense: the tails (about 100 bytes each) lie side by side in one vector, and the hash
+/// table maps a plug to its place ([`Indexed`]). One vector is one allocation, and a
+/// cycle's new tails are another that it frees whole: a box per tail left the
+/// allocator's heap fragmented after a cycle that replaced every box.
 pub(crate) type Tails = Indexed<Tail>;
 
 /// Per-plug values side by side in one vector, found through a hash table of plug ids.
@@ -371,7 +387,7 @@ impl Output {
             }
             return Ok(());
         }
-        let schema = rollup_schema();
+        let schema = rollup_file_schema();
         let props = files::writer_properties(&schema, rc::BUCKET);
         for res in Resolution::ALL {
             let mut rows = std::mem::take(&mut self.rows[index(res)]);
@@ -414,9 +430,9 @@ impl Output {
 /// The rollup rows (1m, 1h, 1d) that persisting `sorted` (rows not yet persisted, sorted by
 /// `(device_id, ts)`, one per key) would write on top of `base`, whose plugs' tails are
 /// `tails`: computed as a persist cycle computes them, without uploading anything.
-/// They are the rows of the buckets that the readings change, complete (an open
-/// bucket's row covers its persisted readings too), so they replace the files' rows of
-/// the same plug and bucket.
+/// They are the rows of the buckets that the readings change, whole or partial as a
+/// cycle writes them, so they merge with the files' rows of the same plug and bucket
+/// as the files' rows merge with each other.
 pub(crate) async fn preview(
     settings: &RollupSettings,
     tails: &Tails,
@@ -482,45 +498,32 @@ fn extend(
         run.start,
         &samples,
         partials,
-        tail.map(|t| &t.open[0]),
+        tail.map(|t| (&t.location, &t.device_type)),
     );
     let hour = roll_rows(Resolution::Hour, &minute);
     let day = roll_rows(Resolution::Day, &hour);
-    let mut tiers = [minute, hour, day];
-    if let Some(t) = tail {
-        for (rows, open) in tiers.iter_mut().zip(&t.open) {
-            continue_open(open, rows);
+    let newest = minute.last().cloned();
+    for (res, mut rows) in Resolution::ALL.into_iter().zip([minute, hour, day]) {
+        // A row of the open bucket adds the new readings to what the files hold.
+        if let (Some(t), Some(first)) = (tail, rows.first_mut()) {
+            first.partial = t.is_open(res, first.p.bucket);
         }
+        out.push(res, rows);
     }
-    let open = |i: usize| {
-        let rows: &[Row] = &tiers[i];
-        rows.last().or(tail.map(|t| &t.open[i])).cloned()
+    let (location, device_type) = match newest {
+        Some(r) => (r.location, r.device_type),
+        None => tail.map(|t| (t.location.clone(), t.device_type.clone()))?,
     };
-    let new = Tail {
+    Some(Tail {
         last: samples.last().copied().or(tail.map(|t| t.last))?,
         last_energy: samples
             .iter()
             .rev()
             .find_map(|s| s.energy)
             .or(tail.and_then(|t| t.last_energy)),
-        open: [open(0)?, open(1)?, open(2)?],
-    };
-    for (res, rows) in Resolution::ALL.into_iter().zip(tiers) {
-        out.push(res, rows);
-    }
-    Some(new)
-}
-
-/// When the first new row is of the open row's bucket, it becomes the open row merged
-/// with it (the open row covers the earlier readings of the bucket).
-fn continue_open(open: &Row, rows: &mut [Row]) {
-    if let Some(first) = rows.first_mut()
-        && first.p.bucket == open.p.bucket
-    {
-        let mut merged = open.clone();
-        merge_row(&mut merged, first);
-        *first = merged;
-    }
+        location,
+        device_type,
+    })
 }
 
 /// Folds `later` (same plug, later readings) into `row`; the tags of the later one win.
@@ -548,19 +551,23 @@ fn roll_rows(to: Resolution, finer: &[Row]) -> Vec<Row> {
     out
 }
 
+/// A plug's tags (location, device type), as a row or tail holds them.
+type Tags<'a> = (&'a Option<Arc<str>>, &'a Option<Arc<str>>);
+
 /// Rows for `partials` of one plug, computed from `samples` (rows `base..` of `raw`):
-/// each with the tags of its last reading. Tags equal to those of `known` (the plug's
-/// previous row) share its strings, so a plug's rows and tail hold one copy of each.
+/// each with the tags of its last reading, and not partial. Tags equal to `known` (the
+/// plug's previous tags) share their strings, so a plug's rows and tail hold one copy
+/// of each.
 fn tagged(
     device: &Arc<str>,
     raw: &RawRows<'_>,
     base: usize,
     samples: &[Sample],
     partials: Vec<Partial>,
-    known: Option<&Row>,
+    known: Option<Tags<'_>>,
 ) -> Vec<Row> {
-    let mut location = known.and_then(|r| r.location.clone());
-    let mut device_type = known.and_then(|r| r.device_type.clone());
+    let mut location = known.and_then(|(l, _)| l.clone());
+    let mut device_type = known.and_then(|(_, t)| t.clone());
     partials
         .into_iter()
         .map(|p| {
@@ -570,6 +577,7 @@ fn tagged(
                 location: raw.tag(raw.location, i, &mut location),
                 device_type: raw.tag(raw.device_type, i, &mut device_type),
                 p,
+                partial: false,
             }
         })
         .collect()
@@ -581,7 +589,6 @@ struct Carry {
     prev: Option<Sample>,
     prev_energy: Option<f64>,
     minute: Option<Row>,
-    hour: Option<Row>,
     day: Option<Row>,
 }
 
@@ -611,7 +618,7 @@ async fn recompute(
         Tier::Hour,
         &devices,
         (day(first_hour), last_hour),
-        |device, bucket, _| {
+        |device, bucket| {
             starts
                 .get(device)
                 .is_some_and(|&h| bucket >= day(h) && bucket < h)
@@ -639,12 +646,10 @@ async fn recompute(
             Tier::Day,
             &devices,
             (i64::MIN, day(last_hour) - 1),
-            |device, bucket, has_energy| {
-                has_energy && missing.get(device).is_some_and(|&d| bucket < d)
-            },
+            |device, bucket| missing.get(device).is_some_and(|&d| bucket < d),
         )
         .await?;
-        for row in earlier {
+        for row in earlier.into_iter().filter(|r| r.p.energy_last.is_some()) {
             // Sorted by bucket: the last one per plug wins.
             carries.entry(&row.device).prev_energy = row.p.energy_last;
         }
@@ -742,7 +747,7 @@ async fn recompute(
                 run.start,
                 &samples,
                 partials,
-                c.minute.as_ref(),
+                c.minute.as_ref().map(|r| (&r.location, &r.device_type)),
             );
             let hour_rows = roll_rows(Resolution::Hour, &minute);
             if let Some(last) = samples.last() {
@@ -765,7 +770,6 @@ async fn recompute(
                 }
             }
             c.minute = minute.last().cloned().or(c.minute.take());
-            c.hour = hour_rows.last().cloned().or(c.hour.take());
             out.push(Resolution::Minute, minute);
             out.push(Resolution::Hour, hour_rows);
         }
@@ -779,13 +783,14 @@ async fn recompute(
         if let Some(d) = &c.day {
             out.push(Resolution::Day, [d.clone()]);
         }
-        if let (Some(last), Some(m), Some(h), Some(d)) = (c.prev, c.minute, c.hour, c.day) {
+        if let (Some(last), Some(m)) = (c.prev, c.minute) {
             update.tails.push((
                 device,
                 Tail {
                     last,
                     last_energy: c.prev_energy,
-                    open: [m, h, d],
+                    location: m.location,
+                    device_type: m.device_type,
                 },
             ));
         }
@@ -842,8 +847,8 @@ impl<'a> DeviceSet<'a> {
     }
 }
 
-/// The rows of `tier` with buckets in `range` (inclusive) that `wanted(device, bucket,
-/// has a counter value)` selects, one per plug and bucket (highest rank), sorted by
+/// The rows of `tier` with buckets in `range` (inclusive) that `wanted(device, bucket)`
+/// selects, one per plug and bucket (the rows of the files merged by rank), sorted by
 /// plug and bucket.
 async fn read_rollups(
     store: &Store,
@@ -851,7 +856,7 @@ async fn read_rollups(
     tier: Tier,
     devices: &DeviceSet<'_>,
     range: (i64, i64),
-    wanted: impl Fn(&str, i64, bool) -> bool,
+    wanted: impl Fn(&str, i64) -> bool,
 ) -> Result<Vec<Row>> {
     let mut inputs: Vec<(u64, RecordBatch)> = Vec::new();
     for f in files.iter().filter(|f| {
@@ -863,13 +868,7 @@ async fn read_rollups(
         read_selected(store, f, &mut inputs, |b| {
             let cols = RollupColumns::new(b)?;
             Ok((0..b.num_rows())
-                .map(|i| {
-                    Some(wanted(
-                        cols.device.value(i),
-                        cols.bucket.value(i),
-                        cols.energy_last.is_valid(i),
-                    ))
-                })
+                .map(|i| Some(wanted(cols.device.value(i), cols.bucket.value(i))))
                 .collect())
         })
         .await?;
@@ -877,7 +876,7 @@ async fn read_rollups(
     if inputs.is_empty() {
         return Ok(Vec::new());
     }
-    let merged = files::merge_newest(&rollup_schema(), &inputs, rc::BUCKET)?;
+    let merged = merge_rollup_rows(&inputs).map_err(EncodeError::from)?;
     Ok(batch_to_rows(&merged)?)
 }
 
@@ -909,7 +908,12 @@ pub(crate) async fn latest_from_files(
                     Some((cur, cur_rank, first)) => {
                         *first = (*first).min(row.p.first_ts);
                         if (row.p.last_ts, rank) > (cur.p.last_ts, *cur_rank) {
+                            // A partial row may cover readings without a counter.
+                            let energy = cur.p.energy_last;
                             (*cur, *cur_rank) = (row, rank);
+                            if cur.partial {
+                                cur.p.energy_last = cur.p.energy_last.or(energy);
+                            }
                         }
                     }
                     None => {
@@ -1038,7 +1042,6 @@ impl<'a> RawRows<'a> {
 struct RollupColumns<'a> {
     device: &'a StringArray,
     bucket: &'a TimestampNanosecondArray,
-    energy_last: &'a Float64Array,
 }
 
 impl<'a> RollupColumns<'a> {
@@ -1046,12 +1049,11 @@ impl<'a> RollupColumns<'a> {
         Ok(Self {
             device: column(b, rc::DEVICE_ID)?,
             bucket: column(b, rc::BUCKET)?,
-            energy_last: column(b, rc::ENERGY_LAST)?,
         })
     }
 }
 
-/// Rollup rows as a record batch of [`rollup_schema`].
+/// Rollup rows as a record batch of [`rollup_file_schema`].
 pub fn rows_to_batch(rows: &[Row]) -> Result<RecordBatch, EncodeError> {
     let f = |get: fn(&Partial) -> f64| -> ArrayRef {
         Arc::new(Float64Array::from_iter_values(
@@ -1105,11 +1107,15 @@ pub fn rows_to_batch(rows: &[Row]) -> Result<RecordBatch, EncodeError> {
         Arc::new(BooleanArray::from_iter(rows.iter().map(|r| r.p.relay_last))),
         tags(|r| &r.location),
         tags(|r| &r.device_type),
+        Arc::new(BooleanArray::from_iter(
+            rows.iter().map(|r| Some(r.partial)),
+        )),
     ];
-    Ok(RecordBatch::try_new(rollup_schema(), columns)?)
+    Ok(RecordBatch::try_new(rollup_file_schema(), columns)?)
 }
 
-/// The rows of a record batch of [`rollup_schema`].
+/// The rows of a record batch of [`rollup_file_schema`] (or [`rollup_schema`]: whole
+/// rows).
 pub fn batch_to_rows(b: &RecordBatch) -> Result<Vec<Row>, EncodeError> {
     let device: &StringArray = column(b, rc::DEVICE_ID)?;
     let ts = |name| column::<TimestampNanosecondArray>(b, name);
@@ -1138,6 +1144,10 @@ pub fn batch_to_rows(b: &RecordBatch) -> Result<Vec<Row>, EncodeError> {
     let relay_last: &BooleanArray = column(b, rc::RELAY_ON_LAST)?;
     let location: &StringArray = column(b, rc::LOCATION)?;
     let device_type: &StringArray = column(b, rc::DEVICE_TYPE)?;
+    let partial: Option<&BooleanArray> = match b.schema().index_of(rc::PARTIAL) {
+        Ok(_) => Some(column(b, rc::PARTIAL)?),
+        Err(_) => None,
+    };
     let opt = |a: &Float64Array, i: usize| a.is_valid(i).then(|| a.value(i));
     let tag = |a: &StringArray, i: usize| a.is_valid(i).then(|| Arc::from(a.value(i)));
     let mut rows = Vec::with_capacity(b.num_rows());
@@ -1180,6 +1190,7 @@ pub fn batch_to_rows(b: &RecordBatch) -> Result<Vec<Row>, EncodeError> {
             },
             location: tag(location, i),
             device_type: tag(device_type, i),
+            partial: partial.is_some_and(|a| a.is_valid(i) && a.value(i)),
         });
     }
     Ok(rows)

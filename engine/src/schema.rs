@@ -74,6 +74,9 @@ pub mod rollup_col {
     pub const RELAY_ON_LAST: &str = "relay_on_last";
     pub const LOCATION: &str = "location";
     pub const DEVICE_TYPE: &str = "device_type";
+    /// In files only: `true` when the row adds to the rows of lower rank of the same
+    /// plug and bucket, instead of replacing them (see [`crate::rollups`]).
+    pub const PARTIAL: &str = "partial";
 }
 
 static ROLLUP_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -109,16 +112,42 @@ static ROLLUP_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+static ROLLUP_FILE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields: Vec<Field> = ROLLUP_SCHEMA
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(rollup_col::PARTIAL, DataType::Boolean, true));
+    Arc::new(Schema::new(fields))
+});
+
 /// The schema of the rollup tables, one row per plug and bucket.
 pub fn rollup_schema() -> SchemaRef {
     Arc::clone(&ROLLUP_SCHEMA)
 }
 
-/// The schema of the files of `tier`.
+/// The schema of rollup files: the table's columns and [`rollup_col::PARTIAL`]. A file
+/// may hold more than one row of a plug and bucket, merged as [`crate::merge_rollup_rows`]
+/// merges them; files written before the column existed read as having it null (a
+/// whole row).
+pub fn rollup_file_schema() -> SchemaRef {
+    Arc::clone(&ROLLUP_FILE_SCHEMA)
+}
+
+/// The schema of the table of `tier` (`readings`, `readings_1m`, ...).
 pub fn tier_schema(tier: wattdb_storage::Tier) -> SchemaRef {
     match tier {
         wattdb_storage::Tier::Raw => readings_schema(),
         _ => rollup_schema(),
+    }
+}
+
+/// The schema of the files of `tier`.
+pub fn tier_file_schema(tier: wattdb_storage::Tier) -> SchemaRef {
+    match tier {
+        wattdb_storage::Tier::Raw => readings_schema(),
+        _ => rollup_file_schema(),
     }
 }
 

@@ -6,7 +6,8 @@
 //! path keeps every file's footer and page index in memory once read (files never
 //! change), picks the row groups and pages whose plug and time ranges can hold the
 //! rows, decodes only those, and resolves rows written more than once by rank, as
-//! the tables do.
+//! the tables do (rollup rows of one plug and bucket merge, partial rows adding to the
+//! rows under them).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -29,7 +30,8 @@ use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuil
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::statistics::Statistics;
-use wattdb_engine::{FileMeta, Tier};
+use wattdb_engine::schema::rollup_col;
+use wattdb_engine::{FileMeta, Tier, merge_rollup_rows};
 
 use crate::{Error, Result};
 
@@ -175,7 +177,16 @@ pub(crate) async fn plug_rows(
     let Some(schema) = tagged.first().map(|(_, b)| b.schema()) else {
         return Ok(None);
     };
-    newest_copies(schema, &tagged).map(Some)
+    if tier == Tier::Raw {
+        return newest_copies(schema, &tagged).map(Some);
+    }
+    // Rollups: a plug's rows of one bucket merge (partial rows add to the rows under
+    // them); the partial column read for that is dropped.
+    let merged = merge_rollup_rows(&tagged).map_err(arrow_error)?;
+    merged
+        .project(&(0..wanted.columns.len()).collect::<Vec<_>>())
+        .map(Some)
+        .map_err(arrow_error)
 }
 
 /// One batch of the rows of `tagged`, one per `(device_id, time)`: the copy of the
@@ -247,6 +258,11 @@ async fn read_file(
     let (groups, selection) = select_pages(parquet, device_col, time_col, devices, from, to);
     if groups.is_empty() {
         return Ok(Vec::new());
+    }
+    // A rollup file's partial column says how its rows merge with other files' rows.
+    let mut columns = columns.to_vec();
+    if tier != Tier::Raw && index_of(rollup_col::PARTIAL).is_ok() {
+        columns.push(rollup_col::PARTIAL);
     }
     let mask = ProjectionMask::columns(schema, columns.iter().copied());
     let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta.clone())

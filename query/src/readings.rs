@@ -36,13 +36,14 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::prelude::{col, lit};
-use wattdb_engine::{Engine, FileMeta, ReadView, Tier, tier_schema};
+use wattdb_engine::{Engine, FileMeta, ReadView, Tier, tier_file_schema, tier_schema};
 
 /// The URL under which the engine's object store is registered with DataFusion.
 pub const STORE_URL: &str = "wattdb://store/";
 
 const RANK: &str = "_rank";
 const ROW_NUMBER: &str = "_rn";
+const WHOLE_RANK: &str = "_whole_rank";
 const BUFFER_RANK: u64 = u64::MAX;
 const FROZEN_RANK: u64 = u64::MAX - 1;
 
@@ -172,6 +173,7 @@ impl TableProvider for ReadingsTable {
         }
         if let Some(rows) = live {
             let (lo, hi) = bucket_range(&rows)?;
+            // As files hold them: with the partial column, which a plain union drops.
             boxes.push((lo, hi, None));
             memory.push((BUFFER_RANK, vec![rows]));
         }
@@ -182,7 +184,11 @@ impl TableProvider for ReadingsTable {
                 let t = FilesTable::new(files, self.tier, false);
                 inputs.push(t.scan(state, projection, &filters, limit).await?);
             }
-            let batches: Vec<RecordBatch> = memory.into_iter().flat_map(|(_, b)| b).collect();
+            let batches: Vec<RecordBatch> = memory
+                .into_iter()
+                .flat_map(|(_, b)| b)
+                .map(|b| table_columns(&self.schema, &b))
+                .collect::<DfResult<_>>()?;
             if !batches.is_empty() || inputs.is_empty() {
                 inputs.push(MemorySourceConfig::try_new_exec(
                     &split(batches, partitions),
@@ -198,7 +204,8 @@ impl TableProvider for ReadingsTable {
 }
 
 impl ReadingsTable {
-    /// Plans the scan of overlapping sources: union, tag by rank, keep the newest copy.
+    /// Plans the scan of overlapping sources: union, tag by rank, then keep the newest
+    /// copy (`readings`) or merge the rows of each plug and bucket (rollups).
     async fn deduplicating_scan(
         &self,
         state: &dyn Session,
@@ -219,7 +226,20 @@ impl ReadingsTable {
                 tagged.push(with_rank(&ranked, &b, rank)?);
             }
         }
-        let predicate = conjunction(filters.iter().cloned());
+        // Only filters on the key select whole groups of copies; a filter on another
+        // column could drop the newest copy, or part of a bucket's rows, and let an
+        // older one through. DataFusion applies every filter again to the result.
+        let time = self.tier.time_column();
+        let predicate = conjunction(
+            filters
+                .iter()
+                .filter(|f| {
+                    f.column_refs()
+                        .iter()
+                        .all(|c| c.name == "device_id" || c.name == time)
+                })
+                .cloned(),
+        );
         let scan = |provider: Arc<dyn TableProvider>| -> DfResult<LogicalPlanBuilder> {
             let b = LogicalPlanBuilder::scan(
                 ReadingsTable::name(self.tier),
@@ -240,11 +260,6 @@ impl ReadingsTable {
             let f = scan(Arc::new(FilesTable::new(files, self.tier, true)))?.build()?;
             plan = plan.union(f)?;
         }
-        let newest = row_number()
-            .partition_by(vec![col("device_id"), col(self.tier.time_column())])
-            .order_by(vec![col(RANK).sort(false, true)])
-            .build()?
-            .alias(ROW_NUMBER);
         let columns: Vec<Expr> = match projection {
             Some(p) => p
                 .iter()
@@ -252,6 +267,15 @@ impl ReadingsTable {
                 .collect(),
             None => self.schema.fields().iter().map(|f| col(f.name())).collect(),
         };
+        if self.tier != Tier::Raw {
+            let plan = merged_rollups(plan)?.project(columns)?.build()?;
+            return state.create_physical_plan(&plan).await;
+        }
+        let newest = row_number()
+            .partition_by(vec![col("device_id"), col(self.tier.time_column())])
+            .order_by(vec![col(RANK).sort(false, true)])
+            .build()?
+            .alias(ROW_NUMBER);
         let plan = plan
             .window(vec![newest])?
             .filter(col(ROW_NUMBER).eq(lit(1u64)))?
@@ -261,8 +285,102 @@ impl ReadingsTable {
     }
 }
 
+/// The rows of each plug and bucket in `plan` (rollup rows of the file schema, with
+/// `_rank`) merged into one, as `wattdb_engine::merge_rollup_rows` merges them: from
+/// the highest-ranked whole row on, counts and sums add, minima and maxima combine,
+/// `energy_first` is the first value in rank order and `energy_last` the last, and the
+/// last reading's values and tags come from the highest-ranked row.
+fn merged_rollups(plan: LogicalPlanBuilder) -> DfResult<LogicalPlanBuilder> {
+    use datafusion::functions::expr_fn::coalesce;
+    use datafusion::functions_aggregate::expr_fn::{max, min, sum};
+    use datafusion::functions_aggregate::first_last::{first_value_udaf, last_value_udaf};
+    use datafusion::functions_aggregate::min_max::max_udaf;
+    use datafusion::logical_expr::expr::{NullTreatment, WindowFunction};
+    use datafusion::logical_expr::when;
+    use wattdb_engine::schema::rollup_col as rc;
+
+    let key = || vec![col(rc::DEVICE_ID), col(rc::BUCKET)];
+    // The rank of the highest-ranked whole row of each plug and bucket, if any.
+    let whole_rank = Expr::from(WindowFunction::new(
+        max_udaf(),
+        vec![
+            when(col(rc::PARTIAL).is_true(), lit(ScalarValue::UInt64(None)))
+                .otherwise(col(RANK))?,
+        ],
+    ))
+    .partition_by(key())
+    .build()?
+    .alias(WHOLE_RANK);
+    let by_rank = || vec![col(RANK).sort(true, true)];
+    let pick = |first: bool, name: &str, nulls: Option<NullTreatment>| -> DfResult<Expr> {
+        let f = if first {
+            first_value_udaf()
+        } else {
+            last_value_udaf()
+        };
+        Ok(f.call(vec![col(name)])
+            .order_by(by_rank())
+            .null_treatment(nulls)
+            .build()?
+            .alias(name))
+    };
+    let mut aggregates: Vec<Expr> = Vec::new();
+    for field in wattdb_engine::rollup_schema().fields() {
+        let name = field.name().as_str();
+        let c = || col(name);
+        aggregates.push(match name {
+            rc::DEVICE_ID | rc::BUCKET => continue,
+            rc::COUNT
+            | rc::VOLTAGE_SUM
+            | rc::CURRENT_SUM
+            | rc::POWER_SUM
+            | rc::ENERGY_COUNTER_WH
+            | rc::ENERGY_WH
+            | rc::RELAY_ON_S => sum(c()).alias(name),
+            rc::VOLTAGE_MIN | rc::CURRENT_MIN | rc::POWER_MIN | rc::FIRST_TS => {
+                min(c()).alias(name)
+            }
+            rc::VOLTAGE_MAX | rc::CURRENT_MAX | rc::POWER_MAX | rc::LAST_TS => max(c()).alias(name),
+            rc::ENERGY_FIRST => pick(true, name, Some(NullTreatment::IgnoreNulls))?,
+            rc::ENERGY_LAST => pick(false, name, Some(NullTreatment::IgnoreNulls))?,
+            _ => pick(false, name, None)?,
+        });
+    }
+    // Aggregates are nullable; the table's columns that are not get a default that
+    // no group ever needs (every group has a row), so the plan keeps the table schema.
+    let schema = wattdb_engine::rollup_schema();
+    let mut columns: Vec<Expr> = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let c = col(field.name());
+        if field.is_nullable() || key().contains(&c) {
+            columns.push(c);
+        } else {
+            let zero = ScalarValue::new_zero(field.data_type())?;
+            columns.push(coalesce(vec![c, lit(zero)]).alias(field.name()));
+        }
+    }
+    plan.window(vec![whole_rank])?
+        .filter(
+            col(WHOLE_RANK)
+                .is_null()
+                .or(col(RANK).gt_eq(col(WHOLE_RANK))),
+        )?
+        .aggregate(key(), aggregates)?
+        .project(columns)
+}
+
+/// The columns of `schema` (a table's) of `b` (rows as files hold them).
+fn table_columns(schema: &SchemaRef, b: &RecordBatch) -> DfResult<RecordBatch> {
+    let indices: Vec<usize> = schema
+        .fields()
+        .iter()
+        .map(|f| b.schema().index_of(f.name()))
+        .collect::<Result<_, _>>()?;
+    Ok(b.project(&indices)?)
+}
+
 /// Parquet files of one tier from the manifest, optionally with each file's rank as
-/// `_rank`.
+/// `_rank` (and then with every column of the files: a rollup file's partial column).
 #[derive(Debug)]
 struct FilesTable {
     files: Vec<FileMeta>,
@@ -311,7 +429,11 @@ impl TableProvider for FilesTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let file_schema = tier_schema(self.tier);
+        let file_schema = if self.ranked {
+            tier_file_schema(self.tier)
+        } else {
+            tier_schema(self.tier)
+        };
         let table_schema = if self.ranked {
             TableSchema::builder(Arc::clone(&file_schema))
                 .with_table_partition_cols(vec![Arc::new(Field::new(
@@ -369,7 +491,7 @@ impl TableProvider for FilesTable {
 }
 
 fn ranked_schema(tier: Tier) -> SchemaRef {
-    let mut fields: Vec<Field> = tier_schema(tier)
+    let mut fields: Vec<Field> = tier_file_schema(tier)
         .fields()
         .iter()
         .map(|f| f.as_ref().clone())

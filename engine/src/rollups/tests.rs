@@ -101,7 +101,8 @@ fn config(dir: &std::path::Path) -> EngineConfig {
     }
 }
 
-/// The live rows of a tier, one per key (highest rank), sorted by plug and time.
+/// The live rows of a tier, one per key (raw: highest rank; rollups: merged), sorted by
+/// plug and time.
 async fn tier_rows(engine: &Engine, tier: Tier) -> Vec<RecordBatch> {
     let mut inputs = Vec::new();
     for f in engine.manifest().files.iter().filter(|f| f.tier == tier) {
@@ -110,8 +111,13 @@ async fn tier_rows(engine: &Engine, tier: Tier) -> Vec<RecordBatch> {
             inputs.push((f.rank(), b));
         }
     }
-    let schema = crate::schema::tier_schema(tier);
-    vec![files::merge_newest(&schema, &inputs, tier.time_column()).unwrap()]
+    match tier {
+        Tier::Raw => {
+            let schema = crate::schema::tier_schema(tier);
+            vec![files::merge_newest(&schema, &inputs, tier.time_column()).unwrap()]
+        }
+        _ => vec![crate::merge_rollup_rows(&inputs).unwrap()],
+    }
 }
 
 const REL_TOL: f64 = 1e-9;
@@ -464,8 +470,16 @@ fn a_plugs_rows_share_its_tag_strings_with_each_other_and_its_tail() {
         p: partials[0].clone(),
         location: Some(Arc::from("kitchen")),
         device_type: None,
+        partial: false,
     };
-    let rows = tagged(&device, &raw, 0, &samples, partials, Some(&earlier));
+    let rows = tagged(
+        &device,
+        &raw,
+        0,
+        &samples,
+        partials,
+        Some((&earlier.location, &earlier.device_type)),
+    );
     let tags: Vec<&Arc<str>> = rows.iter().map(|r| r.location.as_ref().unwrap()).collect();
     assert_eq!(
         tags.iter().map(|t| &***t).collect::<Vec<_>>(),
