@@ -65,7 +65,7 @@ use wattdb_storage::wal::{self, WalConfig};
 pub use buffer::{Buffer, Frozen, LatestReading, WalPosition};
 pub use compact::{CompactionConfig, CompactionReport};
 pub use error::{Error, Result};
-pub use merge::merge_rollup_rows;
+pub use merge::{Rule as MergeRule, merge_rollup_rows, rule as merge_rule};
 pub use persist::{PersistReport, View};
 pub use retention::{Clock, RetentionConfig, RetentionReport};
 pub use rollups::RollupSettings;

@@ -31,9 +31,10 @@ use arrow::error::ArrowError;
 
 use crate::schema::{rollup_col as rc, rollup_file_schema};
 
-/// How a column of the rows of one plug and bucket merges.
+/// How a column of the rows of one plug and bucket merges: the one definition that
+/// [`merge_rollup_rows`] and the query tables' merge (in DataFusion) both follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rule {
+pub enum Rule {
     /// The value of the highest-ranked row (keys, the last reading's values and tags).
     Last,
     Sum,
@@ -47,7 +48,8 @@ enum Rule {
     Partial,
 }
 
-fn rule(column: &str) -> Rule {
+/// The rule of a rollup column (of the file schema).
+pub fn rule(column: &str) -> Rule {
     match column {
         rc::COUNT
         | rc::VOLTAGE_SUM

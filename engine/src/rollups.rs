@@ -502,7 +502,9 @@ fn extend(
     );
     let hour = roll_rows(Resolution::Hour, &minute);
     let day = roll_rows(Resolution::Day, &hour);
-    let newest = minute.last().cloned();
+    let newest = minute
+        .last()
+        .map(|r| (r.location.clone(), r.device_type.clone()));
     for (res, mut rows) in Resolution::ALL.into_iter().zip([minute, hour, day]) {
         // A row of the open bucket adds the new readings to what the files hold.
         if let (Some(t), Some(first)) = (tail, rows.first_mut()) {
@@ -511,7 +513,7 @@ fn extend(
         out.push(res, rows);
     }
     let (location, device_type) = match newest {
-        Some(r) => (r.location, r.device_type),
+        Some(tags) => tags,
         None => tail.map(|t| (t.location.clone(), t.device_type.clone()))?,
     };
     Some(Tail {

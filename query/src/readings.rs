@@ -298,6 +298,7 @@ fn merged_rollups(plan: LogicalPlanBuilder) -> DfResult<LogicalPlanBuilder> {
     use datafusion::logical_expr::expr::{NullTreatment, WindowFunction};
     use datafusion::logical_expr::when;
     use wattdb_engine::schema::rollup_col as rc;
+    use wattdb_engine::{MergeRule, merge_rule};
 
     let key = || vec![col(rc::DEVICE_ID), col(rc::BUCKET)];
     // The rank of the highest-ranked whole row of each plug and bucket, if any.
@@ -328,22 +329,18 @@ fn merged_rollups(plan: LogicalPlanBuilder) -> DfResult<LogicalPlanBuilder> {
     for field in wattdb_engine::rollup_schema().fields() {
         let name = field.name().as_str();
         let c = || col(name);
-        aggregates.push(match name {
-            rc::DEVICE_ID | rc::BUCKET => continue,
-            rc::COUNT
-            | rc::VOLTAGE_SUM
-            | rc::CURRENT_SUM
-            | rc::POWER_SUM
-            | rc::ENERGY_COUNTER_WH
-            | rc::ENERGY_WH
-            | rc::RELAY_ON_S => sum(c()).alias(name),
-            rc::VOLTAGE_MIN | rc::CURRENT_MIN | rc::POWER_MIN | rc::FIRST_TS => {
-                min(c()).alias(name)
-            }
-            rc::VOLTAGE_MAX | rc::CURRENT_MAX | rc::POWER_MAX | rc::LAST_TS => max(c()).alias(name),
-            rc::ENERGY_FIRST => pick(true, name, Some(NullTreatment::IgnoreNulls))?,
-            rc::ENERGY_LAST => pick(false, name, Some(NullTreatment::IgnoreNulls))?,
-            _ => pick(false, name, None)?,
+        if key().contains(&c()) {
+            continue;
+        }
+        aggregates.push(match merge_rule(name) {
+            MergeRule::Sum => sum(c()).alias(name),
+            MergeRule::Min => min(c()).alias(name),
+            MergeRule::Max => max(c()).alias(name),
+            MergeRule::FirstValid => pick(true, name, Some(NullTreatment::IgnoreNulls))?,
+            MergeRule::LastValid => pick(false, name, Some(NullTreatment::IgnoreNulls))?,
+            MergeRule::Last => pick(false, name, None)?,
+            // Not a table column.
+            MergeRule::Partial => continue,
         });
     }
     // Aggregates are nullable; the table's columns that are not get a default that
