@@ -12,6 +12,7 @@
 //! batches).
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringBuilder};
@@ -154,9 +155,8 @@ pub struct Frozen {
     pub min_segment: u64,
     /// Every WAL record up to this sequence number is in these rows (or older files).
     pub max_seq: u64,
-    /// Where each plug's live rows are, in time order: what [`Frozen::sorted`] needs
-    /// (`None`: [`Frozen::batches`] is one batch, sorted already).
-    order: Option<FrozenOrder>,
+    /// Where each plug's live rows are, in time order: what [`Frozen::plugs`] needs.
+    order: FrozenOrder,
 }
 
 /// The buffer's per-plug index, taken out with the rows it points into.
@@ -171,54 +171,109 @@ struct FrozenOrder {
 }
 
 impl Frozen {
-    /// The same rows held as `sorted` (what [`Frozen::sorted`] returned) instead of the
-    /// buffer's chunks and index, which can then go: a persist cycle need not keep
-    /// both copies while it writes rollups.
-    pub fn as_sorted(&self, sorted: RecordBatch) -> Frozen {
-        Frozen {
-            rows: self.rows,
-            bytes: sorted.get_array_memory_size(),
-            min_ts: self.min_ts,
-            max_ts: self.max_ts,
-            min_segment: self.min_segment,
-            max_seq: self.max_seq,
-            batches: vec![sorted],
-            order: None,
-        }
+    /// The rows in `(device_id, ts)` order, one per key, in one record batch.
+    pub fn sorted(&self) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let plugs = self.plugs();
+        plugs.gather(0..plugs.len())
     }
 
-    /// The rows in `(device_id, ts)` order, one per key, in one record batch.
+    /// The plugs with live rows, in id order, from which [`SortedPlugs::gather`] copies
+    /// the rows of any run of them in `(device_id, ts)` order: a persist cycle sorts
+    /// its rows a piece at a time, never holding a second copy of them all.
+    pub fn plugs(&self) -> SortedPlugs<'_> {
+        let mut plugs: Vec<&(Arc<str>, Vec<u64>)> = self
+            .order
+            .plugs
+            .iter()
+            .filter(|(_, rows)| !rows.is_empty())
+            .collect();
+        plugs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        SortedPlugs {
+            order: &self.order,
+            plugs,
+        }
+    }
+}
+
+/// The plugs of a [`Frozen`] set in id order ([`Frozen::plugs`]).
+#[derive(Debug)]
+pub struct SortedPlugs<'a> {
+    order: &'a FrozenOrder,
+    plugs: Vec<&'a (Arc<str>, Vec<u64>)>,
+}
+
+impl SortedPlugs<'_> {
+    /// How many plugs have rows.
+    pub fn len(&self) -> usize {
+        self.plugs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.plugs.is_empty()
+    }
+
+    /// Consecutive runs of plugs, together all of them, each holding at most `max_rows`
+    /// rows unless one plug alone holds more.
+    pub fn pieces(&self, max_rows: usize) -> Vec<Range<usize>> {
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        let mut rows = 0;
+        for (i, (_, plug_rows)) in self.plugs.iter().enumerate() {
+            if rows > 0 && rows + plug_rows.len() > max_rows {
+                pieces.push(start..i);
+                start = i;
+                rows = 0;
+            }
+            rows += plug_rows.len();
+        }
+        if start < self.plugs.len() {
+            pieces.push(start..self.plugs.len());
+        }
+        pieces
+    }
+
+    /// The rows of the plugs in `range` in `(device_id, ts)` order, one per key.
     ///
     /// The buffer's index already holds each plug's rows in time order, so this only
-    /// orders the plugs and gathers: no sort over the rows, and no hashing of their
-    /// device ids. The same order as [`wattdb_storage::files::sort_rows`] over
-    /// [`Frozen::batches`], at a fraction of the cost.
-    pub fn sorted(&self) -> Result<RecordBatch, arrow::error::ArrowError> {
-        let Some(FrozenOrder {
-            chunks,
-            first_rows,
-            plugs,
-        }) = &self.order
-        else {
-            return Ok(self
-                .batches
-                .first()
-                .cloned()
-                .unwrap_or_else(|| RecordBatch::new_empty(readings_schema())));
-        };
-        let mut plugs: Vec<&(Arc<str>, Vec<u64>)> =
-            plugs.iter().filter(|(_, rows)| !rows.is_empty()).collect();
-        if plugs.is_empty() {
+    /// gathers: no sort over the rows, and no hashing of their device ids. The same
+    /// order as [`wattdb_storage::files::sort_rows`] over [`Frozen::batches`], at a
+    /// fraction of the cost.
+    pub fn gather(&self, range: Range<usize>) -> Result<RecordBatch, arrow::error::ArrowError> {
+        self.gather_plugs(self.plugs.get(range).unwrap_or_default())
+    }
+
+    /// The rows of the plugs whose ids `keep` accepts, as [`SortedPlugs::gather`].
+    pub fn gather_where(
+        &self,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let plugs: Vec<&(Arc<str>, Vec<u64>)> = self
+            .plugs
+            .iter()
+            .copied()
+            .filter(|(id, _)| keep(id))
+            .collect();
+        self.gather_plugs(&plugs)
+    }
+
+    fn gather_plugs(
+        &self,
+        plugs: &[&(Arc<str>, Vec<u64>)],
+    ) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let FrozenOrder {
+            chunks, first_rows, ..
+        } = self.order;
+        let rows: usize = plugs.iter().map(|(_, rows)| rows.len()).sum();
+        if rows == 0 {
             return Ok(RecordBatch::new_empty(readings_schema()));
         }
-        plugs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let in_chunk = |c: usize, row: u64| {
             first_rows.get(c).is_some_and(|&first| first <= row)
                 && first_rows.get(c + 1).is_none_or(|&next| row < next)
         };
-        let mut order = Vec::with_capacity(self.rows as usize);
+        let mut order = Vec::with_capacity(rows);
         let mut c = 0;
-        for (_, rows) in &plugs {
+        for (_, rows) in plugs {
             for &row in rows {
                 // A plug's rows mostly ascend a chunk or two at a time.
                 if !in_chunk(c, row) {
@@ -234,7 +289,7 @@ impl Frozen {
         // Device ids from the plugs' runs, not gathered row by row.
         let id_bytes: usize = plugs.iter().map(|(id, rows)| id.len() * rows.len()).sum();
         let mut ids = StringBuilder::with_capacity(order.len(), id_bytes);
-        for (id, rows) in &plugs {
+        for (id, rows) in plugs {
             for _ in 0..rows.len() {
                 ids.append_value(id);
             }
@@ -496,7 +551,7 @@ impl Buffer {
             min_segment: self.chunks.iter().map(|c| c.min_segment).min().unwrap_or(0),
             max_seq: self.applied.map_or(0, |p| p.seq),
             batches,
-            order: Some(FrozenOrder {
+            order: FrozenOrder {
                 first_rows: self.chunks.iter().map(|c| c.first_row).collect(),
                 chunks: self.chunks.drain(..).map(|c| c.batch).collect(),
                 plugs: self
@@ -505,7 +560,7 @@ impl Buffer {
                     .zip(&self.latest)
                     .map(|(t, l)| (Arc::clone(&l.device_id), std::mem::take(t).rows))
                     .collect(),
-            }),
+            },
         };
         self.deleted.clear();
         self.row_base = self.next_row;
@@ -676,7 +731,36 @@ mod tests {
             wattdb_storage::files::sort_rows(&readings_schema(), &frozen.batches, "ts").unwrap();
         assert_eq!(sorted, expected);
         assert_eq!(sorted.num_rows() as u64, frozen.rows);
-        assert_eq!(rows(&[sorted]), live);
+        assert_eq!(rows(std::slice::from_ref(&sorted)), live);
+        // In pieces of whole plugs, each within its row limit unless one plug exceeds it,
+        // the same rows in the same order; and the plugs picked out by id.
+        let plugs = frozen.plugs();
+        assert_eq!(plugs.len(), ids.len());
+        for max_rows in [1, 20, 50, 90, usize::MAX] {
+            let pieces = plugs.pieces(max_rows);
+            let batches: Vec<RecordBatch> = pieces
+                .iter()
+                .map(|r| plugs.gather(r.clone()).unwrap())
+                .collect();
+            for (r, b) in pieces.iter().zip(&batches) {
+                assert!(
+                    b.num_rows() <= max_rows || r.len() == 1,
+                    "{max_rows}: {r:?}"
+                );
+            }
+            let joined = arrow::compute::concat_batches(&readings_schema(), &batches).unwrap();
+            assert_eq!(joined, sorted, "pieces of at most {max_rows} rows");
+        }
+        assert_eq!(plugs.pieces(1).len(), ids.len());
+        assert_eq!(plugs.pieces(usize::MAX).len(), 1);
+        let some = plugs.gather_where(|id| id.starts_with('p')).unwrap();
+        assert_eq!(
+            rows(&[some]),
+            rows(&[sorted])
+                .into_iter()
+                .filter(|r| r.0.starts_with('p'))
+                .collect::<Vec<_>>()
+        );
         // The buffer starts over: the next freeze holds only the new rows.
         buf.insert_test(&[&one("p2", 1_000, 1.0)]);
         let next = buf.freeze().unwrap().sorted().unwrap();

@@ -15,7 +15,11 @@
 //! 2. **Merge**: read the inputs, sort by `(device_id, ts)`, keep the highest-ranked copy
 //!    of every key (rollups: merge the rows of each plug and bucket, as
 //!    [`crate::merge`] says; a partial row that has no whole row under it among the
-//!    inputs stays partial), upload the result as a new file. Memory is bounded by `max_rows`.
+//!    inputs stays partial), upload the result as a new file. The inputs are sorted by
+//!    plug, so this goes a run of plugs at a time: the job decodes a few thousand rows
+//!    of each input at once ([`READ_ROWS`]) and encodes the merged rows as they come,
+//!    holding the inputs' compressed bytes and the output's, not every row decoded.
+//!    `max_rows` bounds the files' size.
 //! 3. **Commit** a manifest version that lists the new file instead of the inputs;
 //!    queries switch in the same step.
 //! 4. **Delete** the inputs after [`CompactionConfig::delete_after`], so queries planned
@@ -30,7 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 use wattdb_storage::files::{self, FileMeta, Tier};
@@ -257,35 +261,91 @@ pub(crate) async fn compact_once(
     let started = Instant::now();
     let tier = inputs[0].tier;
     let (schema, time) = (tier_file_schema(tier), tier.time_column());
-    let mut ranked: Vec<(u64, RecordBatch)> = Vec::with_capacity(inputs.len());
+    let mut sources = Vec::with_capacity(inputs.len());
     for f in &inputs {
         let body = store.get(&f.object_path()).await?;
-        for b in files::decode(body)? {
-            ranked.push((f.rank(), b));
-        }
+        sources.push(Source::new(f.rank(), files::batches(body, READ_ROWS)?));
     }
-    // Raw readings: the newest copy of each key wins. Rollups: the rows of each plug
-    // and bucket merge (partial rows add to the rows under them).
-    let merged = match tier {
-        Tier::Raw => files::merge_newest(&schema, &ranked, time)?,
-        _ => merge_rollup_rows(&ranked).map_err(files::EncodeError::from)?,
+    // Plug by plug: every input is sorted by plug, so the rows of the plugs before the
+    // last one each input has read are complete, and merge apart from the rest.
+    let mut out: Option<files::Encoder> = None;
+    let mut rows = 0u64;
+    let (mut min_ts, mut max_ts) = (i64::MAX, i64::MIN);
+    let (mut min_device, mut max_device) = (String::new(), String::new());
+    loop {
+        for s in &mut sources {
+            s.fill()?;
+        }
+        sources.retain(|s| s.rest.is_some());
+        if sources.is_empty() {
+            break;
+        }
+        let bound: Option<String> = sources
+            .iter()
+            .filter(|s| !s.done)
+            .filter_map(Source::last_device)
+            .min()
+            .map(str::to_owned);
+        let ranked: Vec<(u64, RecordBatch)> = sources
+            .iter_mut()
+            .filter_map(|s| s.take_before(bound.as_deref()))
+            .collect();
+        if ranked.is_empty() {
+            // Each input's rows read so far are of the plug `bound` or later: read on.
+            for s in &mut sources {
+                if !s.done && s.last_device() == bound.as_deref() {
+                    s.grow()?;
+                }
+            }
+            continue;
+        }
+        // Raw readings: the newest copy of each key wins. Rollups: the rows of each plug
+        // and bucket merge (partial rows add to the rows under them).
+        let merged = match tier {
+            Tier::Raw => files::merge_newest(&schema, &ranked, time)?,
+            _ => merge_rollup_rows(&ranked).map_err(files::EncodeError::from)?,
+        };
+        drop(ranked);
+        if merged.num_rows() == 0 {
+            continue;
+        }
+        let (lo, hi, first, last) = files::ranges(&merged, time)?;
+        (min_ts, max_ts) = (min_ts.min(lo), max_ts.max(hi));
+        if rows == 0 {
+            min_device = first;
+        }
+        max_device = last;
+        rows += merged.num_rows() as u64;
+        let encoder = match &mut out {
+            Some(e) => e,
+            None => out.insert(files::Encoder::new(
+                merged.schema(),
+                files::writer_properties(&schema, time),
+            )?),
+        };
+        encoder.write(&merged)?;
+    }
+    let body = match out {
+        Some(e) => e.finish()?,
+        None => files::encode(
+            &RecordBatch::new_empty(schema.clone()),
+            files::writer_properties(&schema, time),
+        )?,
     };
-    drop(ranked);
-    let props = files::writer_properties(&schema, time);
-    let body = files::encode(&merged, props)?;
     let first = &inputs[0];
     let id = base.next_file_id;
     let partition_start = first.tier.partition_start(first.min_ts);
     let meta = FileMeta {
+        id,
+        tier: first.tier,
+        path: first.tier.file_path(partition_start, id),
+        size: body.len() as u64,
+        rows,
+        min_ts,
+        max_ts,
+        min_device,
+        max_device,
         merged_rank: inputs.iter().map(FileMeta::rank).max(),
-        ..FileMeta::describe(
-            first.tier,
-            partition_start,
-            id,
-            &merged,
-            body.len() as u64,
-            time,
-        )?
     };
     if let Some(f) = faults {
         f.check_upload()?;
@@ -337,6 +397,102 @@ pub(crate) async fn compact_once(
         "compacted a partition"
     );
     Ok(Some(report))
+}
+
+/// Rows a compaction job reads from an input at a time.
+const READ_ROWS: usize = 16 * 1024;
+
+/// One input of a compaction job: its rows read and not yet merged.
+struct Source {
+    rank: u64,
+    reader: files::BatchReader,
+    rest: Option<RecordBatch>,
+    /// Every row of the file has been read.
+    done: bool,
+}
+
+impl Source {
+    fn new(rank: u64, reader: files::BatchReader) -> Self {
+        Self {
+            rank,
+            reader,
+            rest: None,
+            done: false,
+        }
+    }
+
+    /// Reads a batch if no rows are left unmerged (`rest` stays `None` at the end).
+    fn fill(&mut self) -> Result<()> {
+        while !self.done && self.rest.as_ref().is_none_or(|b| b.num_rows() == 0) {
+            self.rest = self.next()?;
+        }
+        if self.rest.as_ref().is_some_and(|b| b.num_rows() == 0) {
+            self.rest = None;
+        }
+        Ok(())
+    }
+
+    /// Adds the next batch to the rows left (a plug's rows run on into it).
+    fn grow(&mut self) -> Result<()> {
+        if let Some(next) = self.next()? {
+            self.rest = Some(match self.rest.take() {
+                Some(rest) => arrow::compute::concat_batches(&rest.schema(), [&rest, &next])
+                    .map_err(files::EncodeError::from)?,
+                None => next,
+            });
+        }
+        Ok(())
+    }
+
+    fn next(&mut self) -> Result<Option<RecordBatch>> {
+        match self.reader.next() {
+            Some(b) => Ok(Some(b.map_err(files::EncodeError::from)?)),
+            None => {
+                self.done = true;
+                Ok(None)
+            }
+        }
+    }
+
+    fn devices(&self) -> Option<&StringArray> {
+        self.rest
+            .as_ref()?
+            .column_by_name("device_id")?
+            .as_string_opt::<i32>()
+    }
+
+    /// The plug of the last row read.
+    fn last_device(&self) -> Option<&str> {
+        let d = self.devices()?;
+        (!d.is_empty()).then(|| d.value(d.len() - 1))
+    }
+
+    /// Takes the rows left of plugs before `bound` (all when `None`).
+    fn take_before(&mut self, bound: Option<&str>) -> Option<(u64, RecordBatch)> {
+        let n = match bound {
+            None => self.rest.as_ref()?.num_rows(),
+            Some(bound) => {
+                let d = self.devices()?;
+                let (mut lo, mut hi) = (0, d.len());
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    if d.value(mid) < bound {
+                        lo = mid + 1;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                lo
+            }
+        };
+        if n == 0 {
+            return None;
+        }
+        let rest = self.rest.take()?;
+        let taken = rest.slice(0, n);
+        self.rest = Some(rest.slice(n, rest.num_rows() - n));
+        Some((self.rank, taken))
+    }
 }
 
 #[cfg(test)]

@@ -103,6 +103,9 @@ pub struct EngineConfig {
     pub persist_interval: Duration,
     /// ... and as soon as it holds this much memory.
     pub persist_bytes: usize,
+    /// A persist cycle sorts and writes its rows this many at a time (whole plugs; see
+    /// [`persist`]), so that it never holds a second copy of all of them.
+    pub persist_piece_rows: usize,
     /// Failures to inject into persistence and compaction (tests).
     pub persist_faults: Option<PersistFaults>,
     /// When small Parquet files are merged.
@@ -129,6 +132,7 @@ impl Default for EngineConfig {
             store: None,
             persist_interval: Duration::from_secs(60),
             persist_bytes: 352 << 20,
+            persist_piece_rows: persist::PIECE_ROWS,
             persist_faults: None,
             compaction: CompactionConfig::default(),
             rollups: RollupSettings::default(),
@@ -481,6 +485,7 @@ impl Engine {
             },
             interval: config.persist_interval,
             persist_bytes: config.persist_bytes,
+            piece_rows: config.persist_piece_rows.max(1),
             faults: config.persist_faults.clone(),
             compaction: config.compaction.clone(),
             rollups: config.rollups.clone(),

@@ -1,6 +1,6 @@
 //! Giving freed memory back to the operating system.
 //!
-//! A persist cycle frees hundreds of MiB at once: the frozen rows, their sorted copy,
+//! A persist cycle frees hundreds of MiB at once: the frozen rows, their sorted pieces,
 //! the encoded files and the rollup rows. glibc's allocator keeps most of that in its
 //! arenas for reuse (large blocks included, once its mmap threshold has grown), so the
 //! process's resident memory stays at the cycle's peak while the engine holds far less.

@@ -6,9 +6,9 @@
 //! 1. **Freeze**: under the buffer lock, every row moves out of the buffer into a
 //!    [`Frozen`] set that queries keep reading. Writes go on into the emptied buffer.
 //! 2. **Write**: the frozen rows (duplicates already resolved) are sorted by
-//!    `(device_id, ts)`, split by hour partition and uploaded as Parquet files with new
-//!    ids; then the rollup rows they change are computed and uploaded
-//!    ([`crate::rollups`]).
+//!    `(device_id, ts)` a piece of plugs at a time (`persist_piece_rows`); each piece
+//!    is split by hour partition and uploaded as Parquet files with new ids, and the
+//!    rollup rows it changes are computed and uploaded ([`crate::rollups`]).
 //! 3. **Commit**: a new manifest version listing the raw and rollup files, and the last
 //!    WAL sequence number they cover, is written. In the same step queries switch from
 //!    the frozen rows to the files.
@@ -51,6 +51,11 @@ use crate::{PersistFaults, Shared};
 
 /// At most this many rows go into one raw file.
 pub const MAX_FILE_ROWS: usize = 8 << 20;
+
+/// Rows a persist cycle sorts and writes at a time, by default
+/// ([`crate::EngineConfig::persist_piece_rows`]): about 70 MiB of sorted rows next to
+/// the frozen ones, where a sorted copy of a whole 352 MiB cycle doubled them.
+pub const PIECE_ROWS: usize = 1 << 20;
 
 /// What one persist cycle did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -95,6 +100,7 @@ pub(crate) struct PersisterArgs {
     pub wal: WalSegments,
     pub interval: Duration,
     pub persist_bytes: usize,
+    pub piece_rows: usize,
     pub faults: Option<PersistFaults>,
     pub compaction: CompactionConfig,
     pub rollups: RollupSettings,
@@ -127,6 +133,7 @@ pub(crate) fn run(args: PersisterArgs) {
         wal,
         interval,
         persist_bytes,
+        piece_rows,
         faults,
         compaction,
         rollups,
@@ -209,6 +216,7 @@ pub(crate) fn run(args: PersisterArgs) {
             faults: faults.as_ref(),
             now: now_ns,
             raw_cutoff: retention.cutoff(Tier::Raw, now_ns),
+            piece_rows,
         };
         let result = runtime.block_on(persist_all(&ctx, &rollups, &wal));
         shared.stats.persist_duration.record(started.elapsed());
@@ -264,6 +272,8 @@ struct Cycle<'a> {
     now: i64,
     /// Raw files older than this expire (retention).
     raw_cutoff: Option<i64>,
+    /// Rows sorted and written at a time.
+    piece_rows: usize,
 }
 
 /// Persists a pending frozen set (from an earlier failed cycle), then everything in the
@@ -314,54 +324,66 @@ async fn persist_frozen(
         shared,
         store,
         faults,
+        piece_rows,
         ..
     } = *ctx;
     let base = Arc::clone(&shared.view.read().manifest);
     let mut next_id = base.next_file_id;
     let t = Instant::now();
-    let sorted = frozen.sorted().map_err(files::EncodeError::from)?;
-    let sort_ms = t.elapsed().as_millis() as u64;
-    // From now on queries read the sorted copy, and the buffer's chunks and index go
-    // (once no query holds them): the rest of the cycle holds one copy of the rows.
-    let frozen = {
-        let slim = Arc::new(frozen.as_sorted(sorted.clone()));
-        shared.view.write().frozen = Some(Arc::clone(&slim));
-        shared.frozen_bytes.store(slim.bytes, Ordering::Relaxed);
-        drop(frozen);
-        slim
-    };
-    let (new_files, bytes) = write_raw_files(store, &sorted, &mut next_id, faults).await?;
-    let t = Instant::now();
+    let plugs = frozen.plugs();
     let mut uploads = Uploads {
         store,
         next_id: &mut next_id,
         faults,
         keep: false,
     };
+    let mut new_files = Vec::new();
+    let mut bytes = 0;
+    let (mut sort_ms, mut raw_ms, mut rollup_ms) = (0, 0, 0);
     // Only this thread changes the tails, and only below, after this read ends:
     // holding it across the uploads blocks no one (queries only read them).
     let mut update = {
         let tails = shared.tails.read();
-        rollups
-            .update(
-                &tails,
-                &mut uploads,
-                &base,
-                &sorted,
-                ctx.now,
-                ctx.raw_cutoff,
-            )
-            .await?
+        let mut pass = rollups.pass(&tails, &base, Some(frozen.max_ts), ctx.now, ctx.raw_cutoff);
+        // A piece at a time: the frozen rows and one sorted piece are in memory, never
+        // a sorted copy of them all (a piece's raw files go to the store before the next
+        // piece is sorted; compaction merges them).
+        for plug_range in plugs.pieces(piece_rows) {
+            let t = Instant::now();
+            let piece = plugs.gather(plug_range).map_err(files::EncodeError::from)?;
+            sort_ms += t.elapsed().as_millis() as u64;
+            let t = Instant::now();
+            let (files, b) = write_raw_files(store, &piece, &mut *uploads.next_id, faults).await?;
+            new_files.extend(files);
+            bytes += b;
+            raw_ms += t.elapsed().as_millis() as u64;
+            let t = Instant::now();
+            pass.add(&mut uploads, &piece).await?;
+            rollup_ms += t.elapsed().as_millis() as u64;
+        }
+        let t = Instant::now();
+        if pass.recomputes() {
+            let rows = plugs
+                .gather_where(|device| pass.recomputes_plug(device))
+                .map_err(files::EncodeError::from)?;
+            pass.recompute(&mut uploads, &rows).await?;
+        }
+        let update = pass.finish(&mut uploads).await?;
+        rollup_ms += t.elapsed().as_millis() as u64;
+        update
     };
     tracing::debug!(
         sort_ms,
-        rollup_ms = t.elapsed().as_millis() as u64,
+        raw_ms,
+        rollup_ms,
+        total_ms = t.elapsed().as_millis() as u64,
+        raw_files = new_files.len(),
         rollup_files = update.files.len(),
         recomputed_plugs = update.recomputed,
         new_plugs = update.new_plugs,
-        "rollups written"
+        "frozen rows written"
     );
-    drop(sorted);
+    drop(plugs);
     let mut m = base.next();
     m.next_file_id = next_id;
     m.persisted_seq = Some(frozen.max_seq.max(base.persisted_seq.unwrap_or(0)));

@@ -286,15 +286,31 @@ impl Rollups {
         now: i64,
         raw_cutoff: Option<i64>,
     ) -> Result<Update> {
-        let raw = RawRows::new(sorted)?;
-        let mut update = Update::default();
-        let mut out = Output::default();
+        let newest = RawRows::new(sorted)?.ts.iter().copied().max();
+        let mut pass = self.pass(tails, base, newest, now, raw_cutoff);
+        pass.add(uploads, sorted).await?;
+        if pass.recomputes() {
+            pass.recompute(uploads, sorted).await?;
+        }
+        pass.finish(uploads).await
+    }
+
+    /// The same in steps ([`Pass`]), for rows that come a run of plugs at a time:
+    /// `newest` is the newest reading time among all of them.
+    pub fn pass<'a>(
+        &'a self,
+        tails: &'a Tails,
+        base: &'a Manifest,
+        newest: Option<i64>,
+        now: i64,
+        raw_cutoff: Option<i64>,
+    ) -> Pass<'a> {
         let newest = base
             .files
             .iter()
             .filter(|f| f.tier == Tier::Raw)
             .map(|f| f.max_ts)
-            .chain(raw.ts.iter().copied())
+            .chain(newest)
             .max()
             .unwrap_or(now);
         let horizon = i64::try_from(self.settings.horizon.as_nanos()).unwrap_or(i64::MAX);
@@ -303,55 +319,105 @@ impl Rollups {
             // A recomputation reads the hour before its first: keep it within raw data.
             cutoff = cutoff.max(c.saturating_add(HOUR_NS));
         }
-        let persisted = DeviceRanges::new(&base.files);
-        let mut starts: HashMap<Arc<str>, i64> = HashMap::new();
+        Pass {
+            tails,
+            files: &base.files,
+            persisted: DeviceRanges::new(&base.files),
+            math: &self.settings.math,
+            cutoff,
+            starts: HashMap::new(),
+            update: Update::default(),
+            out: Output::default(),
+        }
+    }
+}
+
+/// The rollups of one persist cycle, computed as its rows come, a run of plugs at a
+/// time ([`Pass::add`]), in `(device_id, ts)` order throughout; then the plugs that
+/// need a recomputation ([`Pass::recompute`]); then [`Pass::finish`].
+pub(crate) struct Pass<'a> {
+    tails: &'a Tails,
+    files: &'a [FileMeta],
+    persisted: DeviceRanges<'a>,
+    math: &'a RollupConfig,
+    /// Readings before this are too late to roll up.
+    cutoff: i64,
+    /// Plugs to recompute, from the hour of their oldest new reading.
+    starts: HashMap<Arc<str>, i64>,
+    update: Update,
+    out: Output,
+}
+
+impl Pass<'_> {
+    /// Extends the tails of the plugs in `sorted` (sorted by `(device_id, ts)`, one row
+    /// per key, plugs after those of earlier calls), and notes the plugs to recompute.
+    pub async fn add(&mut self, uploads: &mut Uploads<'_>, sorted: &RecordBatch) -> Result<()> {
+        let raw = RawRows::new(sorted)?;
         for run in raw.device_runs() {
             let device = raw.device.value(run.start);
             // The tail to extend (`None`: a new plug's, from nothing), or a recomputation.
-            let from = match tails.get_key_value(device) {
+            let from = match self.tails.get_key_value(device) {
                 Some((device, tail)) if raw.ts[run.start] > tail.last.ts => {
                     Some((Arc::clone(device), Some(tail)))
                 }
                 found => {
                     let rows = &raw.ts[run.clone()];
-                    let late = rows.partition_point(|&t| t < cutoff);
-                    update.too_late += late as u64;
-                    if late == 0 && found.is_none() && !persisted.may_hold(device) {
-                        update.new_plugs += 1;
+                    let late = rows.partition_point(|&t| t < self.cutoff);
+                    self.update.too_late += late as u64;
+                    if late == 0 && found.is_none() && !self.persisted.may_hold(device) {
+                        self.update.new_plugs += 1;
                         Some((Arc::from(device), None))
                     } else {
                         if late < rows.len() {
                             let h0 = Resolution::Hour.bucket_start(rows[late]);
-                            starts.insert(Arc::from(device), h0);
+                            self.starts.insert(Arc::from(device), h0);
                         }
                         None
                     }
                 }
             };
             if let Some((device, tail)) = from
-                && let Some(tail) = extend(tail, &device, &raw, run, &self.settings.math, &mut out)
+                && let Some(tail) = extend(tail, &device, &raw, run, self.math, &mut self.out)
             {
-                update.tails.push((device, tail));
+                self.update.tails.push((device, tail));
             }
-            if out.len() >= FLUSH_ROWS {
-                out.flush(uploads, &mut update).await?;
+            if self.out.len() >= FLUSH_ROWS {
+                self.out.flush(uploads, &mut self.update).await?;
             }
         }
-        if !starts.is_empty() {
-            update.recomputed = starts.len();
-            recompute(
-                uploads,
-                &base.files,
-                sorted,
-                &starts,
-                &self.settings.math,
-                &mut out,
-                &mut update,
-            )
-            .await?;
-        }
-        out.flush(uploads, &mut update).await?;
-        Ok(update)
+        Ok(())
+    }
+
+    /// Whether plugs need a recomputation: then call [`Pass::recompute`] with their rows.
+    pub fn recomputes(&self) -> bool {
+        !self.starts.is_empty()
+    }
+
+    /// Whether [`Pass::recompute`] needs the rows of `device`.
+    pub fn recomputes_plug(&self, device: &str) -> bool {
+        self.starts.contains_key(device)
+    }
+
+    /// Recomputes the plugs noted by [`Pass::add`] from `rows`, which hold (at least)
+    /// all their rows, sorted by `(device_id, ts)`, one per key.
+    pub async fn recompute(&mut self, uploads: &mut Uploads<'_>, rows: &RecordBatch) -> Result<()> {
+        self.update.recomputed = self.starts.len();
+        recompute(
+            uploads,
+            self.files,
+            rows,
+            &self.starts,
+            self.math,
+            &mut self.out,
+            &mut self.update,
+        )
+        .await
+    }
+
+    /// Uploads the rows still held; the files and tails to commit.
+    pub async fn finish(mut self, uploads: &mut Uploads<'_>) -> Result<Update> {
+        self.out.flush(uploads, &mut self.update).await?;
+        Ok(self.update)
     }
 }
 

@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use arrow::array::AsArray;
@@ -434,4 +435,68 @@ async fn compaction_merges_small_files_keeps_the_newest_copy_and_survives_a_cras
     let engine = open();
     assert_eq!(engine.manifest().rows(Tier::Raw), 1001);
     assert_eq!(files_on_disk(dir.path()).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_merges_plugs_whose_rows_run_across_many_read_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(EngineConfig {
+        compaction: CompactionConfig {
+            min_files: 1000,
+            ..CompactionConfig::default()
+        },
+        ..config(dir.path())
+    })
+    .unwrap();
+    let t0 = 1_795_428_000_000_000_000i64;
+    // Three cycles into one hour partition: one plug with a single reading, one whose
+    // rows fill several of compaction's read batches, one in between; the second cycle
+    // rewrites part of the long plug's rows, the third adds to them.
+    let mut expected: BTreeMap<(String, i64), f64> = BTreeMap::new();
+    let mut put = |b: &ReadingBatch| {
+        for i in 0..b.len() {
+            let r = b.get(i);
+            expected.insert((r.device_id.to_owned(), r.ts), r.power);
+        }
+    };
+    let cycles = [
+        vec![
+            batch("a", t0, 1),
+            batch("b", t0, 40_000),
+            batch("c", t0, 20_000),
+        ],
+        vec![{
+            let mut again = batch("b", t0 + 15_000, 20_000);
+            again.power.iter_mut().for_each(|p| *p = -1.0);
+            again
+        }],
+        vec![batch("b", t0 + 40_000, 5_000), batch("c", t0 + 19_999, 2)],
+    ];
+    for cycle in cycles {
+        for b in cycle {
+            put(&b);
+            engine.write(b).await.unwrap();
+        }
+        engine.persist().await.unwrap();
+    }
+    assert_eq!(raw_manifest(&engine).files.len(), 3);
+    let reports: Vec<_> = engine
+        .compact()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.partition.contains("resolution=raw"))
+        .collect();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].rows, expected.len() as u64);
+    let m = raw_manifest(&engine);
+    assert_eq!(m.files.len(), 1);
+    let f = &m.files[0];
+    assert_eq!((f.min_device.as_str(), f.max_device.as_str()), ("a", "c"));
+    assert_eq!((f.min_ts, f.max_ts), (t0, t0 + 44_999));
+    let want: Vec<(String, i64, f64)> = expected
+        .into_iter()
+        .map(|((d, ts), p)| (d, ts, p))
+        .collect();
+    assert_eq!(file_rows(&engine).await, want);
 }

@@ -409,6 +409,40 @@ pub fn decode(body: Bytes) -> Result<Vec<RecordBatch>, EncodeError> {
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
+/// A file's rows, read a batch at a time ([`batches`]).
+pub type BatchReader = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
+
+/// Reads a file's rows in batches of at most `rows`: memory for one batch's pages at
+/// a time, where [`decode`] holds all of them.
+pub fn batches(body: Bytes, rows: usize) -> Result<BatchReader, EncodeError> {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(body)?
+        .with_batch_size(rows.max(1))
+        .build()?;
+    Ok(Box::new(reader))
+}
+
+/// Writes batches one after another into one file, as [`encode`] writes one.
+pub struct Encoder {
+    writer: ArrowWriter<Vec<u8>>,
+}
+
+impl Encoder {
+    pub fn new(schema: SchemaRef, props: WriterProperties) -> Result<Self, EncodeError> {
+        Ok(Self {
+            writer: ArrowWriter::try_new(Vec::new(), schema, Some(props))?,
+        })
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), EncodeError> {
+        Ok(self.writer.write(batch)?)
+    }
+
+    /// The file's bytes.
+    pub fn finish(self) -> Result<Bytes, EncodeError> {
+        Ok(Bytes::from(self.writer.into_inner()?))
+    }
+}
+
 /// Splits rows by the tier's directory partition: `(partition start, rows)` in order
 /// of partition, each keeping the input's row order.
 pub fn split_by_partition(

@@ -203,6 +203,12 @@ async fn rollups_equal_a_recomputation_from_the_raw_readings() {
     for seed in 0..12u64 {
         let mut rng = StdRng::seed_from_u64(seed);
         let dir = tempfile::tempdir().unwrap();
+        // Cycles that sort and write their rows in one piece, and in pieces of a few
+        // plugs (1: a plug each), whose recomputed plugs' rows are gathered apart.
+        let config = |dir: &std::path::Path| EngineConfig {
+            persist_piece_rows: [crate::persist::PIECE_ROWS, 1, 150, 600][seed as usize % 4],
+            ..config(dir)
+        };
         let mut engine = Engine::open(config(dir.path())).unwrap();
         // Plugs started with nothing persisted, and plugs recomputed, over every engine
         // of the run.
