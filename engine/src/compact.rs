@@ -326,12 +326,10 @@ pub(crate) async fn compact_once(
         encoder.write(&merged)?;
     }
     let body = match out {
-        Some(e) => e.finish()?,
-        None => files::encode(
-            &RecordBatch::new_empty(schema.clone()),
-            files::writer_properties(&schema, time),
-        )?,
-    };
+        Some(e) => e,
+        None => files::Encoder::new(schema.clone(), files::writer_properties(&schema, time))?,
+    }
+    .finish()?;
     let first = &inputs[0];
     let id = base.next_file_id;
     let partition_start = first.tier.partition_start(first.min_ts);

@@ -322,6 +322,17 @@ async fn file_rows(engine: &Engine) -> Vec<(String, i64, f64)> {
     out
 }
 
+/// Compacts every tier; the reports of the raw tier's jobs.
+async fn raw_compactions(engine: &Engine) -> Vec<CompactionReport> {
+    engine
+        .compact()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.partition.contains("resolution=raw"))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_merges_small_files_keeps_the_newest_copy_and_survives_a_crash() {
     let dir = tempfile::tempdir().unwrap();
@@ -376,13 +387,7 @@ async fn compaction_merges_small_files_keeps_the_newest_copy_and_survives_a_cras
         "an unlisted file"
     );
 
-    let reports: Vec<_> = engine
-        .compact()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.partition.contains("resolution=raw"))
-        .collect();
+    let reports = raw_compactions(&engine).await;
     assert_eq!(reports.len(), 1);
     assert_eq!(
         (
@@ -480,13 +485,7 @@ async fn compaction_merges_plugs_whose_rows_run_across_many_read_batches() {
         engine.persist().await.unwrap();
     }
     assert_eq!(raw_manifest(&engine).files.len(), 3);
-    let reports: Vec<_> = engine
-        .compact()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.partition.contains("resolution=raw"))
-        .collect();
+    let reports = raw_compactions(&engine).await;
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0].rows, expected.len() as u64);
     let m = raw_manifest(&engine);

@@ -428,8 +428,16 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(schema: SchemaRef, props: WriterProperties) -> Result<Self, EncodeError> {
+        Self::into_buffer(Vec::new(), schema, props)
+    }
+
+    fn into_buffer(
+        out: Vec<u8>,
+        schema: SchemaRef,
+        props: WriterProperties,
+    ) -> Result<Self, EncodeError> {
         Ok(Self {
-            writer: ArrowWriter::try_new(Vec::new(), schema, Some(props))?,
+            writer: ArrowWriter::try_new(out, schema, Some(props))?,
         })
     }
 
@@ -473,11 +481,10 @@ pub fn split_by_partition(
 
 /// Encodes rows (already sorted by `(device_id, time)`) as one Parquet file.
 pub fn encode(batch: &RecordBatch, props: WriterProperties) -> Result<Bytes, EncodeError> {
-    let mut out = Vec::with_capacity(batch.num_rows() * 3 + 4096);
-    let mut w = ArrowWriter::try_new(&mut out, batch.schema(), Some(props))?;
-    w.write(batch)?;
-    w.close()?;
-    Ok(Bytes::from(out))
+    let out = Vec::with_capacity(batch.num_rows() * 3 + 4096);
+    let mut e = Encoder::into_buffer(out, batch.schema(), props)?;
+    e.write(batch)?;
+    e.finish()
 }
 
 /// The time and device ranges of sorted rows, for the manifest.
