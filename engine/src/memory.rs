@@ -11,6 +11,12 @@
 //! reuses that memory, and memory handed back costs the write path a page fault per
 //! 4 KiB when it is touched again (2-10 µs each on the development machine), besides
 //! the arena locks `malloc_trim` holds while it walks them.
+//!
+//! The `wattdb` binary allocates with jemalloc instead (glibc's arenas kept freed
+//! cycles fragmented, so resident memory crept up over long runs), whose background
+//! threads hand back pages unused for its decay time on their own. There this trim
+//! reaches only glibc's heap, which C libraries such as zstd allocate from; it matters
+//! to programs that embed the engine with glibc's allocator.
 
 use std::time::{Duration, Instant};
 
