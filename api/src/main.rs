@@ -31,21 +31,19 @@ use wattdb_storage::wal;
 /// which glibc's arenas kept fragmented, so resident memory crept up over long runs
 /// (see "A million plugs" in the README).
 #[cfg(all(target_os = "linux", not(target_env = "musl")))]
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+mod allocator {
+    #[global_allocator]
+    static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Lets jemalloc's background threads return freed pages to the system once they have
-/// been unused for its decay time (10 s), instead of the threads that allocate doing it
-/// on their way.
-#[cfg(all(target_os = "linux", not(target_env = "musl")))]
-fn allocator_background_threads() {
-    if let Err(error) = tikv_jemalloc_ctl::background_thread::write(true) {
-        warn!(%error, "jemalloc background threads could not start; freed memory goes back to the system more slowly");
+    /// Lets jemalloc's background threads return freed pages to the system once they
+    /// have been unused for its decay time (10 s), instead of the threads that allocate
+    /// doing it on their way.
+    pub(crate) fn background_threads() {
+        if let Err(error) = tikv_jemalloc_ctl::background_thread::write(true) {
+            tracing::warn!(%error, "jemalloc background threads could not start; freed memory goes back to the system more slowly");
+        }
     }
 }
-
-#[cfg(not(all(target_os = "linux", not(target_env = "musl"))))]
-fn allocator_background_threads() {}
 
 /// WattDB: a time-series engine for smart-plug telemetry.
 #[derive(Debug, Parser)]
@@ -714,7 +712,8 @@ fn main() -> anyhow::Result<()> {
         Command::Token { command } => token_command(command),
         Command::Serve(args) => {
             init_tracing(args.log_format);
-            allocator_background_threads();
+            #[cfg(all(target_os = "linux", not(target_env = "musl")))]
+            allocator::background_threads();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("wattdb")
