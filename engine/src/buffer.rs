@@ -17,13 +17,16 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringBuilder};
 use arrow::compute::filter_record_batch;
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 use wattdb_storage::{ReadingBatch, files};
 
 use crate::schema::{ReadingColumns, StrWidths, readings_schema};
 
 /// Rows of the open chunk at which it becomes a record batch.
 const CHUNK_ROWS: usize = 64 * 1024;
+
+/// Rows whose plugs are looked up together before they are updated ([`Buffer::insert`]).
+const LOOKUP_BLOCK: usize = 256;
 
 /// Memory of one row in the open chunk besides its strings: five 8-byte values, three
 /// string offsets, validity and relay bits, and the per-plug time index (16 bytes).
@@ -328,6 +331,27 @@ pub struct Buffer {
     applied: Option<WalPosition>,
     /// Row numbers below this were frozen out.
     row_base: u64,
+    /// Scratch: the plug keys of the rows being inserted.
+    keys: Vec<u32>,
+    /// Tag values (locations, device types) of the latest readings, one shared copy
+    /// each: a row's tags are checked against its plug's by pointer, not by reading
+    /// the plug's copy from memory.
+    tags: HashSet<Arc<str>, foldhash::fast::FixedState>,
+}
+
+/// Tag values kept shared before [`Buffer::freeze`] starts the set afresh.
+const MAX_SHARED_TAGS: usize = 65_536;
+
+/// Sets a latest reading's tag to `value`, as the shared copy in `tags`.
+fn set_tag(
+    tag: &mut Option<Arc<str>>,
+    tags: &mut HashSet<Arc<str>, foldhash::fast::FixedState>,
+    value: &str,
+) {
+    let shared = tags.get_or_insert_with(value, |v| Arc::from(v));
+    if !tag.as_ref().is_some_and(|t| Arc::ptr_eq(t, shared)) {
+        *tag = Some(Arc::clone(shared));
+    }
 }
 
 impl Default for Buffer {
@@ -350,6 +374,8 @@ impl Buffer {
             bytes: 0,
             applied: None,
             row_base: 0,
+            keys: Vec::with_capacity(LOOKUP_BLOCK),
+            tags: HashSet::with_hasher(foldhash::fast::FixedState::with_seed(0x7a95)),
         }
     }
 
@@ -365,38 +391,56 @@ impl Buffer {
         let mut row = first_row;
         let mut min_ts = i64::MAX;
         let mut max_ts = i64::MIN;
+        // With thousands of plugs, a row's index entry, time list and latest reading
+        // are rarely in the processor's caches: a few cache misses per row, which one
+        // after another were most of this thread's time. So a block of rows is looked
+        // up in tight loops of their own first (the plugs' keys, then a read of each
+        // plug's entries), where the processor overlaps the misses of many rows, and
+        // only then updated.
+        let mut keys = std::mem::take(&mut self.keys);
         for b in parts {
-            for i in 0..b.len() {
-                let r = b.get(i);
-                min_ts = min_ts.min(r.ts);
-                max_ts = max_ts.max(r.ts);
-                let key = self.device_key(r.device_id);
-                if let Some(old) = self.times[key as usize].insert(r.ts, row) {
-                    self.deleted.insert(old);
+            for start in (0..b.len()).step_by(LOOKUP_BLOCK) {
+                let block = start..(start + LOOKUP_BLOCK).min(b.len());
+                keys.clear();
+                for i in block.clone() {
+                    keys.push(self.device_key(b.device_id.get(i)));
                 }
-                let latest = &mut self.latest[key as usize];
-                latest.first_ts = latest.first_ts.min(r.ts);
-                if r.ts >= latest.ts {
-                    latest.ts = r.ts;
-                    latest.voltage = r.voltage;
-                    latest.current = r.current;
-                    latest.power = r.power;
-                    latest.energy = r.energy;
-                    latest.relay_on = r.relay_on;
-                    if let Some(l) = r.location
-                        && latest.location.as_deref() != Some(l)
-                    {
-                        latest.location = Some(l.into());
+                self.touch(&keys);
+                let Self {
+                    times,
+                    latest,
+                    deleted,
+                    tags,
+                    ..
+                } = self;
+                for (i, &key) in block.zip(&keys) {
+                    let r = b.get(i);
+                    min_ts = min_ts.min(r.ts);
+                    max_ts = max_ts.max(r.ts);
+                    if let Some(old) = times[key as usize].insert(r.ts, row) {
+                        deleted.insert(old);
                     }
-                    if let Some(t) = r.device_type
-                        && latest.device_type.as_deref() != Some(t)
-                    {
-                        latest.device_type = Some(t.into());
+                    let latest = &mut latest[key as usize];
+                    latest.first_ts = latest.first_ts.min(r.ts);
+                    if r.ts >= latest.ts {
+                        latest.ts = r.ts;
+                        latest.voltage = r.voltage;
+                        latest.current = r.current;
+                        latest.power = r.power;
+                        latest.energy = r.energy;
+                        latest.relay_on = r.relay_on;
+                        if let Some(l) = r.location {
+                            set_tag(&mut latest.location, tags, l);
+                        }
+                        if let Some(t) = r.device_type {
+                            set_tag(&mut latest.device_type, tags, t);
+                        }
                     }
+                    row += 1;
                 }
-                row += 1;
             }
         }
+        self.keys = keys;
         self.next_row = row;
         // The open chunk never grows past the capacity it was made with: a write that
         // does not fit seals it first (growing would copy every column into fresh,
@@ -458,6 +502,22 @@ impl Buffer {
             first_ts: i64::MAX,
         });
         k
+    }
+
+    /// Reads what updating the plugs of `keys` reads, so that it is in the caches when
+    /// they are updated: the loads of one plug do not wait for those of the one before.
+    fn touch(&self, keys: &[u32]) {
+        let mut seen = 0usize;
+        for &k in keys {
+            let (t, l) = (&self.times[k as usize], &self.latest[k as usize]);
+            seen ^= t.ts.last().copied().unwrap_or_default() as usize
+                ^ t.rows.last().copied().unwrap_or_default() as usize
+                ^ l.ts as usize
+                ^ l.first_ts as usize
+                ^ usize::from(l.location.is_some())
+                ^ usize::from(l.device_type.is_some());
+        }
+        std::hint::black_box(seen);
     }
 
     /// The live readings whose time may fall in `[from, to]` (inclusive; `None` = open),
@@ -563,6 +623,9 @@ impl Buffer {
             },
         };
         self.deleted.clear();
+        if self.tags.len() > MAX_SHARED_TAGS {
+            self.tags.clear();
+        }
         self.row_base = self.next_row;
         self.bytes = 0;
         Some(frozen)
@@ -956,5 +1019,53 @@ mod tests {
         assert_eq!(buf.snapshot(None, Some(5)).len(), 0);
         let b = &buf.snapshot(Some(100), Some(100))[0];
         assert!(b.column(7).is_null(0));
+    }
+
+    #[test]
+    fn rows_across_lookup_blocks_find_their_duplicates_and_tags() {
+        // One write of several lookup blocks: 7 plugs, each plug's times written twice
+        // (the second copy in a later block, with a new power), and a location that
+        // changes halfway.
+        let mut b = ReadingBatch::new();
+        let plugs = 7;
+        let times = 2 * LOOKUP_BLOCK as i64 / plugs + 5;
+        for pass in 0..2 {
+            for t in 0..times {
+                for p in 0..plugs {
+                    let id = format!("p{p}");
+                    b.push(ReadingRef {
+                        device_id: &id,
+                        ts: t,
+                        voltage: 230.0,
+                        current: 1.0,
+                        power: (pass * 1000 + t) as f64,
+                        energy: None,
+                        relay_on: None,
+                        location: Some(if t < times / 2 { "hall" } else { "attic" }),
+                        device_type: Some("kettle"),
+                    });
+                }
+            }
+        }
+        assert!(b.len() > 2 * LOOKUP_BLOCK);
+        let mut buf = Buffer::new();
+        buf.insert_test(&[&b]);
+        assert_eq!(buf.rows(), (plugs * times) as u64);
+        let live = rows(&buf.snapshot(None, None));
+        assert_eq!(live.len(), (plugs * times) as usize);
+        assert!(
+            live.iter()
+                .all(|(_, ts, power)| *power == (1000 + ts) as f64)
+        );
+        assert_eq!(buf.latest().len(), plugs as usize);
+        for l in buf.latest() {
+            assert_eq!(l.ts, times - 1);
+            assert_eq!(l.location.as_deref(), Some("attic"));
+            assert_eq!(l.device_type.as_deref(), Some("kettle"));
+        }
+        // A later write moves one plug back.
+        buf.insert_test(&[&one("p3", times, 1.0)]);
+        let moved = buf.latest().iter().find(|l| &*l.device_id == "p3").unwrap();
+        assert_eq!(moved.location.as_deref(), Some("lab"));
     }
 }

@@ -288,15 +288,15 @@ async fn persist_all(
         manifest_version: shared.view.read().manifest.version,
         ..Default::default()
     };
-    for _ in 0..2 {
-        let pending = shared.view.read().frozen.clone();
-        let frozen = match pending {
-            Some(f) => f,
-            None => match freeze(shared) {
-                Some(f) => f,
-                None => break,
-            },
-        };
+    // One freeze only: the rows that arrive while this one is written wait for the next
+    // cycle. Freezing again at once made a second, small set of files per cycle (and
+    // its own rollup pass, a fixed cost), for nothing under steady load.
+    let pending = shared.view.read().frozen.clone();
+    if let Some(frozen) = pending {
+        report.add(persist_frozen(ctx, rollups, frozen).await?);
+        release_wal(shared, wal);
+    }
+    if let Some(frozen) = freeze(shared) {
         report.add(persist_frozen(ctx, rollups, frozen).await?);
         release_wal(shared, wal);
     }
