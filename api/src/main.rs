@@ -176,8 +176,9 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
     #[command(flatten)]
     jwt: JwtArgs,
-    /// How long the WAL writer gathers writes into one fsync, in milliseconds.
-    #[arg(long, default_value_t = 2, value_name = "MS")]
+    /// How long the WAL writer waits for more writes to share an fsync, in
+    /// milliseconds. 0: no wait; writes that arrive during an fsync share the next.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
     group_commit_ms: u64,
     /// Size at which WAL segments roll, in MiB.
     #[arg(long, default_value_t = 64, value_name = "MIB")]

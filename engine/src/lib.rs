@@ -87,7 +87,9 @@ pub struct EngineConfig {
     /// Persisted WAL segments kept for reuse rather than deleted (see
     /// [`wattdb_storage::wal`]).
     pub wal_spare_segments: usize,
-    /// How long the WAL writer gathers writes into one group before its fsync.
+    /// How long the WAL writer waits for more writes to join a group before its fsync.
+    /// Zero (the default) still groups: every write queued while the previous fsync ran
+    /// goes into the next one.
     pub group_commit_window: Duration,
     /// A group is committed at once when it reaches this many readings.
     pub max_group_rows: usize,
@@ -124,7 +126,7 @@ impl Default for EngineConfig {
             data_dir: PathBuf::from("wattdb-data"),
             wal_segment_size: 64 << 20,
             wal_spare_segments: 8,
-            group_commit_window: Duration::from_millis(2),
+            group_commit_window: Duration::ZERO,
             max_group_rows: 512 * 1024,
             queue_capacity: 4096,
             max_buffer_bytes: 4 << 30,
