@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use wattdb_ingest::line_protocol::decode_line_protocol_general;
 use wattdb_ingest::{Precision, ReadingBatch, decode_json_readings, decode_line_protocol};
 
 const PLUGS: u64 = 1_000;
@@ -130,6 +131,14 @@ fn decode_lp(body: &[u8], batch: &mut ReadingBatch) -> usize {
     }
 }
 
+fn decode_lp_general(body: &[u8], batch: &mut ReadingBatch) -> usize {
+    batch.clear();
+    match decode_line_protocol_general(black_box(body), Precision::Ns, START_NS, batch) {
+        Ok(n) => n,
+        Err(e) => panic!("bench body refused: {e}"),
+    }
+}
+
 fn decode_json(body: &[u8], batch: &mut ReadingBatch) -> usize {
     batch.clear();
     match decode_json_readings(black_box(body), START_NS, batch) {
@@ -143,8 +152,15 @@ type Decode = fn(&[u8], &mut ReadingBatch) -> usize;
 
 fn bench(c: &mut Criterion) {
     let readings = readings();
-    let bodies: [(&str, Vec<u8>, Decode); 2] = [
+    let bodies: [(&str, Vec<u8>, Decode); 3] = [
         ("line_protocol", line_protocol_body(&readings), decode_lp),
+        // The same body through the general scanners alone: what the decoder's
+        // shortcuts for the common spellings save.
+        (
+            "line_protocol_general",
+            line_protocol_body(&readings),
+            decode_lp_general,
+        ),
         ("json", json_body(&readings), decode_json),
     ];
     let mut batch = ReadingBatch::with_capacity(ROWS);

@@ -12,6 +12,8 @@
 //!   (line protocol: a line in `1..=lines`; JSON: a line ≥ 1 and an element index within
 //!   the array); its message is short and starts with its position.
 //! - Decoding the same bytes twice gives the same result.
+//! - Line protocol: the decoder's shortcuts for common spellings give the same result
+//!   and rows as its general scanners alone (`decode_line_protocol_general`).
 //! - Line protocol only: a coarser precision never accepts what nanoseconds refuse, and
 //!   when it accepts, it decodes the same rows.
 //! - MQTT only: the topic decides the outcome as the router says (unknown topics are
@@ -23,7 +25,9 @@
 use wattdb_storage::{ReadingBatch, ReadingRef, validate_device_id};
 
 use crate::json::{JsonError, decode_json_readings};
-use crate::line_protocol::{LineProtocolError, Precision, decode_line_protocol};
+use crate::line_protocol::{
+    LineProtocolError, Precision, decode_line_protocol, decode_line_protocol_general,
+};
 use crate::mqtt::{MqttDecodeError, MqttDecoder, MqttDecoderConfig, PayloadFormat};
 
 /// The arrival time handed to the decoders.
@@ -111,6 +115,11 @@ fn line_protocol_once(
     let second = decode_line_protocol(data, precision, NOW_NS, &mut again);
     assert_eq!(result, second, "second decode differs");
     assert_eq!(batch, again, "second decode appended different rows");
+
+    let mut general = sentinel_batch();
+    let without = decode_line_protocol_general(data, precision, NOW_NS, &mut general);
+    assert_eq!(result, without, "the shortcuts change the result");
+    assert_eq!(batch, general, "the shortcuts change the rows");
     result.map(|_| appended(&batch))
 }
 

@@ -28,6 +28,11 @@
 //! Errors name the 1-based line on which the offending entry starts. A body is decoded
 //! in one pass over borrowed bytes; nothing is allocated per reading except what the
 //! batch itself grows by (tag values with escapes go through one reusable buffer).
+//! The common spellings (the measurement, the known tag and field keys, plain decimals,
+//! timestamps of digits only) take shortcuts that skip the byte-by-byte scanners; each
+//! shortcut yields exactly what the scanner would, else the scanner runs, so the
+//! shortcuts change speed, never a result ([`decode_line_protocol_general`] decodes
+//! without them; the fuzz checks compare the two).
 
 use std::fmt;
 use std::str::FromStr;
@@ -212,7 +217,36 @@ pub fn decode_line_protocol(
     now_ns: i64,
     out: &mut ReadingBatch,
 ) -> Result<usize, LineProtocolError> {
+    decode(body, precision, now_ns, out, true)
+}
+
+/// [`decode_line_protocol`] without the shortcuts for the common spellings: every
+/// line goes through the general scanners. The fuzz targets and tests check that both
+/// give the same result on any input.
+#[doc(hidden)]
+pub fn decode_line_protocol_general(
+    body: &[u8],
+    precision: Precision,
+    now_ns: i64,
+    out: &mut ReadingBatch,
+) -> Result<usize, LineProtocolError> {
+    decode(body, precision, now_ns, out, false)
+}
+
+/// The shortest line that decodes: `power_metrics,device_id=a voltage=1,current=1,power=1`.
+const MIN_LINE_LEN: usize = 52;
+
+fn decode(
+    body: &[u8],
+    precision: Precision,
+    now_ns: i64,
+    out: &mut ReadingBatch,
+    shortcuts: bool,
+) -> Result<usize, LineProtocolError> {
     let start = out.len();
+    // Room for every line at once, so that the columns do not grow (and copy) as they
+    // fill; bounded by what the body could hold, whatever it holds.
+    out.reserve(count_lines(body).min(body.len() / MIN_LINE_LEN + 1));
     // One validation for the whole body; a bad byte is reported when the line holding
     // it is reached, so that an earlier bad line is named first.
     let (text, valid_up_to) = match std::str::from_utf8(body) {
@@ -232,6 +266,7 @@ pub fn decode_line_protocol(
         precision,
         now_ns,
         scratch: String::new(),
+        shortcuts,
     };
     match parser.run(out) {
         Ok(()) => Ok(out.len() - start),
@@ -240,6 +275,21 @@ pub fn decode_line_protocol(
             Err(e)
         }
     }
+}
+
+/// Line feeds in `body`, plus one. Counted in byte-sized counters, 255 bytes at a time,
+/// which the compiler turns into wide vector compares (a plain `filter().count()` adds
+/// to a `usize` and goes a few bytes at a time, a fifth of the decoding).
+fn count_lines(body: &[u8]) -> usize {
+    body.chunks(255)
+        .map(|chunk| {
+            let feeds = chunk
+                .iter()
+                .fold(0u8, |n, &b| n.wrapping_add(u8::from(b == b'\n')));
+            usize::from(feeds)
+        })
+        .sum::<usize>()
+        + 1
 }
 
 /// A stretch of the body; `escaped` when it holds a backslash.
@@ -285,6 +335,9 @@ struct Parser<'a> {
     now_ns: i64,
     /// Unescaped tag values of the current line.
     scratch: String,
+    /// Take the shortcuts for the common spellings (see [`Parser::known`]); off only
+    /// to check them against the general scanners.
+    shortcuts: bool,
 }
 
 type Res<T> = Result<T, LineProtocolError>;
@@ -405,6 +458,60 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// The shortcut for a word the decoder looks for (the measurement, a tag or field
+    /// key): when the body at `pos` holds `word` followed by a byte of class `ends`, the
+    /// span [`scan_escaped`](Self::scan_escaped)`(ends)` would return, without the scan.
+    /// `word` must hold no byte of class `ends` and no backslash.
+    #[inline(always)]
+    fn known(&mut self, word: &[u8], ends: u8) -> Option<Span> {
+        let end = self.pos + word.len();
+        let next = *self.buf.get(end)?;
+        if !self.shortcuts || CLASSES[usize::from(next)] & ends == 0 {
+            return None;
+        }
+        if self.buf.get(self.pos..end)? != word {
+            return None;
+        }
+        let span = Span {
+            start: self.pos,
+            end,
+            escaped: false,
+        };
+        self.pos = end;
+        Some(span)
+    }
+
+    /// A tag key: the shortcut for the tags WattDB stores, else the general scan.
+    #[inline(always)]
+    fn tag_key(&mut self) -> Span {
+        let known = match self.peek() {
+            Some(b'd') => self
+                .known(b"device_id", END_KEY)
+                .or_else(|| self.known(b"device_type", END_KEY)),
+            Some(b'l') => self.known(b"location", END_KEY),
+            _ => None,
+        };
+        known.unwrap_or_else(|| self.scan_escaped(END_KEY))
+    }
+
+    /// A field key: the shortcut for the fields WattDB stores, else the general scan.
+    #[inline(always)]
+    fn field_key(&mut self) -> Span {
+        let word: &[u8] = match self.peek() {
+            Some(b'v') => b"voltage",
+            Some(b'c') => b"current",
+            Some(b'p') => b"power",
+            Some(b'e') => b"energy",
+            Some(b'r') => b"relay_state",
+            _ => b"",
+        };
+        if word.is_empty() {
+            return self.scan_escaped(END_KEY);
+        }
+        self.known(word, END_KEY)
+            .unwrap_or_else(|| self.scan_escaped(END_KEY))
+    }
+
     /// Scans an unquoted field value or a timestamp (no escapes there).
     #[inline(always)]
     fn scan_plain(&mut self) -> Span {
@@ -420,6 +527,47 @@ impl<'a> Parser<'a> {
             end: pos,
             escaped: false,
         }
+    }
+
+    /// The shortcut for a plain decimal field value at `pos`: its value and length,
+    /// when it ends where [`scan_plain`](Self::scan_plain) would stop.
+    #[inline(always)]
+    fn plain_decimal(&self) -> Option<(f64, usize)> {
+        if !self.shortcuts {
+            return None;
+        }
+        let rest = self.buf.get(self.pos..)?;
+        let (value, len) = decimal_prefix(rest)?;
+        match rest.get(len) {
+            Some(&b) if CLASSES[usize::from(b)] & END_VALUE == 0 => None,
+            _ => Some((value, len)),
+        }
+    }
+
+    /// The shortcut for a timestamp at `pos` that is all digits up to the line's end:
+    /// its value and length, when [`timestamp`](Self::timestamp) would accept it.
+    #[inline(always)]
+    fn plain_timestamp(&self) -> Option<(i64, usize)> {
+        if !self.shortcuts {
+            return None;
+        }
+        let rest = self.buf.get(self.pos..)?;
+        let len = rest
+            .iter()
+            .take(20)
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if len == 0 || len > 19 || !matches!(rest.get(len), None | Some(b'\n')) {
+            return None;
+        }
+        // At most 19 digits: below 10^19, which fits a `u64`.
+        let units = rest[..len]
+            .iter()
+            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+        let ts = i64::try_from(units)
+            .ok()?
+            .checked_mul(self.precision.nanos_per_unit())?;
+        Some((ts, len))
     }
 
     /// Scans a quoted string field value; `pos` is on the opening quote. Returns false
@@ -453,7 +601,9 @@ impl<'a> Parser<'a> {
         let line = self.line;
         let record_start = self.pos;
 
-        let measurement = self.scan_escaped(END_MEASUREMENT);
+        let measurement = self
+            .known(MEASUREMENT.as_bytes(), END_MEASUREMENT)
+            .unwrap_or_else(|| self.scan_escaped(END_MEASUREMENT));
         if measurement.is_empty() {
             return Err(LineProtocolError::MissingMeasurement { line });
         }
@@ -469,7 +619,7 @@ impl<'a> Parser<'a> {
         let mut device_type = None;
         while self.peek() == Some(b',') {
             self.pos += 1;
-            let key = self.scan_escaped(END_KEY);
+            let key = self.tag_key();
             if key.is_empty() {
                 return Err(LineProtocolError::EmptyTagKey { line });
             }
@@ -520,6 +670,9 @@ impl<'a> Parser<'a> {
         self.skip_whitespace();
         let ts = if self.at_line_end() {
             self.now_ns
+        } else if let Some((ts, len)) = self.plain_timestamp() {
+            self.pos += len;
+            ts
         } else {
             let raw = self.scan_plain();
             self.skip_whitespace();
@@ -625,7 +778,7 @@ impl<'a> Parser<'a> {
     fn fields(&mut self, line: usize) -> Res<Fields> {
         let mut fields = Fields::default();
         loop {
-            let key = self.scan_escaped(END_KEY);
+            let key = self.field_key();
             if key.is_empty() {
                 return Err(LineProtocolError::EmptyFieldKey { line });
             }
@@ -636,7 +789,19 @@ impl<'a> Parser<'a> {
                 });
             }
             self.pos += 1;
-            let value = if self.peek() == Some(b'"') {
+            // The common case, a plain decimal, is scanned and parsed in one pass:
+            // its span is the one `scan_plain` gives, its value the one `number` would.
+            let mut quick = None;
+            let value = if let Some((decimal, len)) = self.plain_decimal() {
+                quick = Some(decimal);
+                let start = self.pos;
+                self.pos += len;
+                Span {
+                    start,
+                    end: self.pos,
+                    escaped: false,
+                }
+            } else if self.peek() == Some(b'"') {
                 let start = self.pos;
                 if !self.scan_string() {
                     return Err(LineProtocolError::UnterminatedString {
@@ -680,11 +845,12 @@ impl<'a> Parser<'a> {
                 expected,
                 found: Snippet::new(raw),
             };
+            let decimal = || quick.map_or_else(|| number(raw, text), Ok);
             match self.bytes(key) {
-                b"voltage" => fields.voltage = Some(number(raw, text).map_err(invalid)?),
-                b"current" => fields.current = Some(number(raw, text).map_err(invalid)?),
-                b"power" => fields.power = Some(number(raw, text).map_err(invalid)?),
-                b"energy" => fields.energy = Some(number(raw, text).map_err(invalid)?),
+                b"voltage" => fields.voltage = Some(decimal().map_err(invalid)?),
+                b"current" => fields.current = Some(decimal().map_err(invalid)?),
+                b"power" => fields.power = Some(decimal().map_err(invalid)?),
+                b"energy" => fields.energy = Some(decimal().map_err(invalid)?),
                 b"relay_state" => fields.relay_on = Some(boolean(raw, text).map_err(invalid)?),
                 _ => {
                     if raw.first() != Some(&b'"') && boolean_literal(raw).is_none() {
@@ -754,33 +920,44 @@ const POWERS_OF_TEN: [f64; 16] = [
 /// division gives the correctly rounded value (Clinger's fast path). Anything else
 /// (exponents, long mantissas, `inf`) is left to the standard library.
 fn fast_decimal(raw: &[u8]) -> Option<f64> {
-    let (negative, digits) = match raw.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, raw),
-    };
-    if digits.is_empty() || digits.len() > 16 {
-        return None;
+    match decimal_prefix(raw) {
+        Some((value, len)) if len == raw.len() => Some(value),
+        _ => None,
     }
+}
+
+/// The plain decimal that `buf` starts with, as [`fast_decimal`] reads it, and its
+/// length: `-`, then digits with at most one `.`, up to the first other byte. `None`
+/// when it has no digit, more than 15 digits or more than 16 bytes after the sign.
+#[inline(always)]
+fn decimal_prefix(buf: &[u8]) -> Option<(f64, usize)> {
+    let negative = buf.first() == Some(&b'-');
+    let start = usize::from(negative);
     let mut mantissa: u64 = 0;
     let mut fraction_digits = 0;
     let mut seen_point = false;
-    for &b in digits {
+    let mut end = start;
+    while let Some(&b) = buf.get(end) {
         let digit = b.wrapping_sub(b'0');
         if digit <= 9 {
-            mantissa = mantissa * 10 + u64::from(digit);
+            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(digit));
             fraction_digits += usize::from(seen_point);
         } else if b == b'.' && !seen_point {
             seen_point = true;
         } else {
+            break;
+        }
+        end += 1;
+        if end - start > 16 {
             return None;
         }
     }
-    let digit_count = digits.len() - usize::from(seen_point);
+    let digit_count = end - start - usize::from(seen_point);
     if digit_count == 0 || digit_count > 15 {
         return None;
     }
     let value = mantissa as f64 / POWERS_OF_TEN[fraction_digits];
-    Some(if negative { -value } else { value })
+    Some((if negative { -value } else { value }, end))
 }
 
 /// A numeric field value: `1.5`, `-2e3`, `42i`, `42u`. NaN and infinities are refused.

@@ -27,11 +27,16 @@ pub fn validate_device_id(id: &str) -> Result<(), DeviceIdError> {
     if id.len() > MAX_DEVICE_ID_LEN {
         return Err(DeviceIdError::TooLong);
     }
-    match id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
-    {
-        Some(c) => Err(DeviceIdError::BadChar(c)),
+    let allowed = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-');
+    match id.bytes().position(|b| !allowed(&b)) {
+        // A byte that is not allowed starts the character to name: every allowed
+        // character is one byte.
+        Some(i) => Err(DeviceIdError::BadChar(
+            id[i..]
+                .chars()
+                .next()
+                .unwrap_or(char::REPLACEMENT_CHARACTER),
+        )),
         None => Ok(()),
     }
 }
@@ -161,6 +166,19 @@ impl ReadingBatch {
             location: StrColumn::with_capacity(rows, 0),
             device_type: StrColumn::with_capacity(rows, 0),
         }
+    }
+
+    /// Makes room for `rows` more readings (the tag arenas grow as they fill).
+    pub fn reserve(&mut self, rows: usize) {
+        self.device_id.ends.reserve(rows);
+        self.ts.reserve(rows);
+        self.voltage.reserve(rows);
+        self.current.reserve(rows);
+        self.power.reserve(rows);
+        self.energy.reserve(rows);
+        self.relay_on.reserve(rows);
+        self.location.ends.reserve(rows);
+        self.device_type.ends.reserve(rows);
     }
 
     pub fn push(&mut self, r: ReadingRef<'_>) {

@@ -691,3 +691,77 @@ fn fuzz_checks_accept_the_unit_test_inputs() {
         crate::fuzzing::line_protocol(body.as_bytes());
     }
 }
+
+/// The shortcuts for the common spellings (measurement, known keys, plain decimals,
+/// plain timestamps) decide nothing on their own: on lines with every kind of small
+/// damage near them, the decoder gives the same rows or the same error as its general
+/// scanners alone (checked by `fuzzing::line_protocol`, with its other invariants, at
+/// every precision).
+#[test]
+fn shortcuts_agree_with_the_general_scanners() {
+    let seeds: [&[u8]; 12] = [
+        b"power_metrics,device_id=plug-000001,location=kitchen,device_type=fridge \
+          voltage=231.4,current=0.512,power=98.7,energy=123456.78,relay_state=true \
+          1700000000123000000\n",
+        b"power_metrics,device_id=p1 voltage=230,current=-0.5,power=1.,energy=.5 1\n\
+          power_metrics,device_id=p2 voltage=1i,current=2u,power=3e1 9223372036854775807\n",
+        b"power_metrics,location=a\\ b,device_id=p\\,1 voltage=1,current=1,power=1,x=\"s\\\"t\" 10",
+        b"power_metrics,device_type=tv,device_id=p voltage=230.1,current=0.52,power=119.6 \
+          9999999999999999999\r\n# comment\n\n",
+        b"power_metrics,device_id=p voltage=1234567890123456,current=123456789012345,\
+          power=0.000000000000001 18446744073709551615",
+        b"power_metrics,device_id=p voltage=1,current=1,power=1,relay_state=1.0 \
+          12345678901234567890\n",
+        b"power_metrics device_id=p voltage=1",
+        b"power_metricsx,device_id=p voltage=1,current=1,power=1",
+        b"power_metrics,device_id=p voltage=1,current=1,power=1 1700000000 \t\n",
+        b"power_metrics,device_idx=p,device_id=q voltage=1,voltagex=2,current=1,power=1",
+        b"power_metrics,device_id=p voltage=-,current=1.2.3,power=--1",
+        b"power_metrics,device_id=p energy=1,voltage=1,current=1,power=1,relay_state=false",
+    ];
+    let splice = b",= \\\"\n\r\t-.0123456789eiuftx#\xc3\xa9\xff";
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    for seed in seeds {
+        crate::fuzzing::line_protocol(seed);
+        for _ in 0..400 {
+            let mut body = seed.to_vec();
+            for _ in 0..1 + next(3) {
+                let at = next(body.len() + 1);
+                let byte = splice[next(splice.len())];
+                match next(4) {
+                    0 if at < body.len() => body[at] = byte,
+                    1 => body.insert(at, byte),
+                    2 if at < body.len() => {
+                        body.remove(at);
+                    }
+                    _ => body.truncate(at),
+                }
+            }
+            crate::fuzzing::line_protocol(&body);
+        }
+    }
+}
+
+#[test]
+fn reserves_room_for_its_lines_only_as_far_as_the_body_could_hold_them() {
+    let mut batch = ReadingBatch::new();
+    let body = format!("{GOOD}\n{GOOD}\n{GOOD}");
+    decode_line_protocol(body.as_bytes(), Precision::Ns, NOW, &mut batch).unwrap();
+    assert_eq!(batch.len(), 3);
+    assert!(batch.ts.capacity() >= 3);
+    // A body of nothing but line feeds holds no reading: the room taken is bounded by
+    // the shortest possible line, not by the line count.
+    let mut empty = ReadingBatch::new();
+    let feeds = vec![b'\n'; 1 << 20];
+    assert_eq!(
+        decode_line_protocol(&feeds, Precision::Ns, NOW, &mut empty),
+        Ok(0)
+    );
+    assert!(empty.ts.capacity() <= (1 << 20) / MIN_LINE_LEN + 1);
+}
