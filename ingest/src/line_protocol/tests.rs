@@ -765,3 +765,22 @@ fn reserves_room_for_its_lines_only_as_far_as_the_body_could_hold_them() {
     );
     assert!(empty.ts.capacity() <= (1 << 20) / MIN_LINE_LEN + 1);
 }
+
+#[test]
+fn eight_digits_takes_exactly_the_ascii_digits() {
+    assert_eq!(eight_digits(b"12345678"), Some(12_345_678));
+    assert_eq!(eight_digits(b"00000000"), Some(0));
+    assert_eq!(eight_digits(b"99999999"), Some(99_999_999));
+    assert_eq!(eight_digits(b"1234567"), None);
+    for at in 0..8 {
+        for byte in 0..=255u8 {
+            let mut chunk = *b"50505050";
+            chunk[at] = byte;
+            let expected = std::str::from_utf8(&chunk)
+                .ok()
+                .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+                .map(|s| s.parse::<u64>().unwrap());
+            assert_eq!(eight_digits(&chunk), expected, "{chunk:?}");
+        }
+    }
+}
