@@ -22,12 +22,15 @@
 //!   own delivery ceiling to a subscriber that only counts, and WattDB's sustained rate.
 //! - [`queries`]: `wattdb query-bench`, dashboard and analytics questions over HTTP.
 //! - [`histogram`]: the log-bucket latency histogram the report's percentiles come from.
+//! - [`http1`]: the load generator's write client (HTTP/1.1, head and body in two
+//!   writes; `ureq` does the rest).
 //!
 //! It is not a client library: it knows only the write routes, the query route,
 //! `/metrics` and MQTT publishing.
 
 pub mod encode;
 pub mod histogram;
+pub mod http1;
 pub mod loadgen;
 pub mod mqtt;
 pub mod queries;

@@ -54,6 +54,7 @@ use serde::Serialize;
 
 use crate::encode::{encode_json, encode_lp};
 use crate::histogram::Histogram;
+use crate::http1::{Http1Client, Http1Error, UrlError};
 use crate::simulator::{Fleet, FleetConfig, NS_PER_S, Reading};
 
 /// How readings are written.
@@ -172,6 +173,8 @@ pub enum LoadgenError {
         field: &'static str,
         reason: &'static str,
     },
+    #[error("cannot write to this URL")]
+    Url(#[source] UrlError),
     #[error("could not start a loadgen thread")]
     Spawn(#[source] io::Error),
     #[error("a loadgen sender thread panicked")]
@@ -397,10 +400,13 @@ pub fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
     let mut senders = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
         let sender = HttpSender {
-            agent: agent(args.request_timeout),
-            url: url.clone(),
-            content_type: args.protocol.content_type(),
-            auth: auth.clone(),
+            client: Http1Client::new(
+                &url,
+                args.protocol.content_type(),
+                auth.as_deref(),
+                args.request_timeout,
+            )
+            .map_err(LoadgenError::Url)?,
             max_retries: args.max_retries,
             shared: Arc::clone(&shared),
         };
@@ -829,12 +835,9 @@ impl SenderStats {
     }
 }
 
-/// One sender thread: one agent, so one keep-alive connection.
+/// One sender thread: one keep-alive connection.
 struct HttpSender {
-    agent: ureq::Agent,
-    url: String,
-    content_type: &'static str,
-    auth: Option<String>,
+    client: Http1Client,
     max_retries: u32,
     shared: Arc<Shared>,
 }
@@ -845,7 +848,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const SAMPLE_LEN: usize = 300;
 
 impl HttpSender {
-    fn run(self, work: &Receiver<Batch>, recycle: &Sender<Batch>) -> SenderStats {
+    fn run(mut self, work: &Receiver<Batch>, recycle: &Sender<Batch>) -> SenderStats {
         let mut stats = SenderStats::default();
         while let Ok(mut batch) = work.recv() {
             let sent_at = Instant::now();
@@ -871,65 +874,48 @@ impl HttpSender {
     }
 
     /// Sends one body until it is acknowledged, refused, or out of retries.
-    fn send(&self, body: &[u8], stats: &mut SenderStats) -> bool {
+    fn send(&mut self, body: &[u8], stats: &mut SenderStats) -> bool {
         let mut backoff = Duration::from_millis(50);
         let mut retries = 0;
         loop {
             self.shared.requests.fetch_add(1, Ordering::Relaxed);
-            let mut req = self
-                .agent
-                .post(&self.url)
-                .set("Content-Type", self.content_type);
-            if let Some(auth) = &self.auth {
-                req = req.set("Authorization", auth);
-            }
-            match req.send_bytes(body) {
-                Ok(resp) => {
-                    // Read to the end so that the connection goes back to the pool.
-                    let _ = io::copy(&mut resp.into_reader(), &mut io::sink());
-                    return true;
-                }
-                Err(ureq::Error::Status(status, resp)) => {
-                    let retry_after = resp
-                        .header("Retry-After")
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
-                    let text = response_text(resp);
-                    stats.error(&self.shared, format!("http_{status}"), || text);
-                    if !matches!(status, 429 | 503) {
-                        return false;
-                    }
-                    if retries >= self.max_retries {
-                        stats.error(&self.shared, "retries_exhausted".to_owned(), || {
-                            format!("HTTP {status} after {retries} retries")
-                        });
-                        return false;
-                    }
-                    retries += 1;
-                    thread::sleep(retry_after.unwrap_or(backoff).min(MAX_RETRY_WAIT));
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                Err(ureq::Error::Transport(t)) => {
-                    let kind = match t.kind() {
-                        ureq::ErrorKind::ConnectionFailed => "connection_failed",
-                        ureq::ErrorKind::Dns => "dns",
-                        ureq::ErrorKind::Io => "io",
-                        _ => "transport",
+            let resp = match self.client.post(body) {
+                Ok(resp) => resp,
+                Err(e) => {
+                    let kind = match e {
+                        Http1Error::Connect { .. } => "connection_failed",
+                        Http1Error::Io(_) => "io",
+                        Http1Error::Protocol(_) => "transport",
                     };
-                    stats.error(&self.shared, kind.to_owned(), || t.to_string());
+                    stats.error(&self.shared, kind.to_owned(), || e.to_string());
                     return false;
                 }
+            };
+            let status = resp.status;
+            if (200..300).contains(&status) {
+                return true;
             }
+            let text = response_text(&resp.body);
+            stats.error(&self.shared, format!("http_{status}"), || text);
+            if !matches!(status, 429 | 503) {
+                return false;
+            }
+            if retries >= self.max_retries {
+                stats.error(&self.shared, "retries_exhausted".to_owned(), || {
+                    format!("HTTP {status} after {retries} retries")
+                });
+                return false;
+            }
+            retries += 1;
+            thread::sleep(resp.retry_after.unwrap_or(backoff).min(MAX_RETRY_WAIT));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 }
 
-/// The start of an error response's body (the whole body is read, to keep the
-/// connection usable).
-fn response_text(resp: ureq::Response) -> String {
-    let mut body = Vec::new();
-    let _ = resp.into_reader().take(1 << 20).read_to_end(&mut body);
-    let mut text = String::from_utf8_lossy(&body).into_owned();
+/// The start of an error response's body, for the report's sample.
+fn response_text(body: &[u8]) -> String {
+    let mut text = String::from_utf8_lossy(body).into_owned();
     if text.len() > SAMPLE_LEN {
         let mut cut = SAMPLE_LEN;
         while !text.is_char_boundary(cut) {
@@ -1028,9 +1014,11 @@ pub fn stored_counts(
         let csv = match req.send_json(serde_json::json!({"sql": sql, "format": "csv"})) {
             Ok(resp) => resp.into_string().map_err(VerifyError::Read)?,
             Err(ureq::Error::Status(status, resp)) => {
+                let mut body = Vec::new();
+                let _ = resp.into_reader().take(1 << 20).read_to_end(&mut body);
                 return Err(VerifyError::Status {
                     status,
-                    body: response_text(resp),
+                    body: response_text(&body),
                 });
             }
             Err(ureq::Error::Transport(t)) => return Err(VerifyError::Transport(Box::new(t))),
