@@ -430,7 +430,7 @@ struct MqttArgs {
 
 #[derive(Debug, clap::Args)]
 struct LoadgenCli {
-    /// Base URL of the WattDB to load.
+    /// Base URL of the WattDB to load (plain http://; the load generator has no TLS).
     #[arg(long, default_value = "http://127.0.0.1:8181")]
     url: String,
     /// Write path: InfluxDB line protocol or JSON readings.
