@@ -63,7 +63,6 @@ pub struct Http1Client {
     head: Vec<u8>,
     timeout: Duration,
     conn: Option<BufReader<TcpStream>>,
-    line: String,
 }
 
 impl Http1Client {
@@ -119,7 +118,6 @@ impl Http1Client {
             head: head.into_bytes(),
             timeout,
             conn: None,
-            line: String::new(),
         })
     }
 
@@ -172,137 +170,131 @@ impl Http1Client {
         let stream = conn.get_mut();
         stream.write_all(&head)?;
         stream.write_all(body)?;
-        let (response, keep) = self.read_response(&mut conn)?;
+        let (response, keep) = read_response(&mut conn)?;
         if keep {
             self.conn = Some(conn);
         }
         Ok(response)
     }
+}
 
-    /// Reads one response; the flag says whether the connection can carry another.
-    fn read_response(
-        &mut self,
-        conn: &mut BufReader<TcpStream>,
-    ) -> Result<(Response, bool), Http1Error> {
-        let status = loop {
-            let line = self.read_line(conn)?;
-            if line.is_empty() {
-                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
-            }
-            let mut parts = line.splitn(3, ' ');
-            let version = parts.next().unwrap_or_default();
-            let code = parts.next().and_then(|c| c.trim().parse::<u16>().ok());
-            let (true, Some(code)) = (version.starts_with("HTTP/1."), code) else {
-                return Err(Http1Error::Protocol(format!("status line {line:?}")));
-            };
-            let keep_alive_default = version == "HTTP/1.1";
-            let mut length = None;
-            let mut chunked = false;
-            let mut keep = keep_alive_default;
-            let mut retry_after = None;
-            loop {
-                let line = self.read_line(conn)?;
-                let line = line.trim_end();
-                if line.is_empty() {
-                    break;
-                }
-                let Some((name, value)) = line.split_once(':') else {
-                    return Err(Http1Error::Protocol(format!("header line {line:?}")));
-                };
-                let value = value.trim();
-                if name.eq_ignore_ascii_case("content-length") {
-                    length =
-                        Some(value.parse::<usize>().map_err(|_| {
-                            Http1Error::Protocol(format!("Content-Length {value:?}"))
-                        })?);
-                } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                    chunked = value.to_ascii_lowercase().ends_with("chunked");
-                } else if name.eq_ignore_ascii_case("connection") {
-                    let value = value.to_ascii_lowercase();
-                    if value.contains("close") {
-                        keep = false;
-                    } else if value.contains("keep-alive") {
-                        keep = true;
-                    }
-                } else if name.eq_ignore_ascii_case("retry-after") {
-                    retry_after = value.parse::<u64>().ok().map(Duration::from_secs);
-                }
-            }
-            // Interim responses (100 Continue and the like) come before the real one.
-            if (100..200).contains(&code) {
-                continue;
-            }
-            break (code, length, chunked, keep, retry_after);
+/// Reads one response; the flag says whether the connection can carry another.
+fn read_response(conn: &mut BufReader<TcpStream>) -> Result<(Response, bool), Http1Error> {
+    let status = loop {
+        let line = read_line(conn)?;
+        if line.is_empty() {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
+        let mut parts = line.splitn(3, ' ');
+        let version = parts.next().unwrap_or_default();
+        let code = parts.next().and_then(|c| c.trim().parse::<u16>().ok());
+        let (true, Some(code)) = (version.starts_with("HTTP/1."), code) else {
+            return Err(Http1Error::Protocol(format!("status line {line:?}")));
         };
-        let (code, length, chunked, mut keep, retry_after) = status;
-        let mut body = Vec::new();
-        if code == 204 || code == 304 {
-            // No body, whatever the headers say.
-        } else if chunked {
-            keep &= self.read_chunked(conn, &mut body)?;
-        } else if let Some(length) = length {
-            if length > MAX_BODY {
-                io::copy(&mut conn.take(length as u64), &mut io::sink())?;
-                keep = false;
-            } else {
-                body.resize(length, 0);
-                conn.read_exact(&mut body)?;
-            }
-        } else {
-            // The body ends with the connection.
-            conn.take(MAX_BODY as u64).read_to_end(&mut body)?;
-            keep = false;
-        }
-        Ok((
-            Response {
-                status: code,
-                retry_after,
-                body,
-            },
-            keep,
-        ))
-    }
-
-    /// Reads a chunked body into `body` (up to [`MAX_BODY`]); false when it was longer
-    /// and the rest was dropped.
-    fn read_chunked(
-        &mut self,
-        conn: &mut BufReader<TcpStream>,
-        body: &mut Vec<u8>,
-    ) -> Result<bool, Http1Error> {
-        let mut whole = true;
+        let keep_alive_default = version == "HTTP/1.1";
+        let mut length = None;
+        let mut chunked = false;
+        let mut keep = keep_alive_default;
+        let mut retry_after = None;
         loop {
-            let line = self.read_line(conn)?;
-            let size = line.trim_end().split(';').next().unwrap_or_default().trim();
-            let size = usize::from_str_radix(size, 16)
-                .map_err(|_| Http1Error::Protocol(format!("chunk size {size:?}")))?;
-            if size == 0 {
-                // Trailers, then the blank line.
-                while !self.read_line(conn)?.trim_end().is_empty() {}
-                return Ok(whole);
+            let line = read_line(conn)?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
             }
-            if body.len() + size > MAX_BODY {
-                io::copy(&mut conn.take(size as u64), &mut io::sink())?;
-                whole = false;
-            } else {
-                let start = body.len();
-                body.resize(start + size, 0);
-                conn.read_exact(&mut body[start..])?;
+            let Some((name, value)) = line.split_once(':') else {
+                return Err(Http1Error::Protocol(format!("header line {line:?}")));
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = Some(
+                    value
+                        .parse::<usize>()
+                        .map_err(|_| Http1Error::Protocol(format!("Content-Length {value:?}")))?,
+                );
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.to_ascii_lowercase().ends_with("chunked");
+            } else if name.eq_ignore_ascii_case("connection") {
+                let value = value.to_ascii_lowercase();
+                if value.contains("close") {
+                    keep = false;
+                } else if value.contains("keep-alive") {
+                    keep = true;
+                }
+            } else if name.eq_ignore_ascii_case("retry-after") {
+                retry_after = value.parse::<u64>().ok().map(Duration::from_secs);
             }
-            let mut crlf = [0u8; 2];
-            conn.read_exact(&mut crlf)?;
         }
+        // Interim responses (100 Continue and the like) come before the real one.
+        if (100..200).contains(&code) {
+            continue;
+        }
+        break (code, length, chunked, keep, retry_after);
+    };
+    let (code, length, chunked, mut keep, retry_after) = status;
+    let mut body = Vec::new();
+    if code == 204 || code == 304 {
+        // No body, whatever the headers say.
+    } else if chunked {
+        keep &= read_chunked(conn, &mut body)?;
+    } else if let Some(length) = length {
+        if length > MAX_BODY {
+            io::copy(&mut conn.take(length as u64), &mut io::sink())?;
+            keep = false;
+        } else {
+            body.resize(length, 0);
+            conn.read_exact(&mut body)?;
+        }
+    } else {
+        // The body ends with the connection.
+        conn.take(MAX_BODY as u64).read_to_end(&mut body)?;
+        keep = false;
     }
+    Ok((
+        Response {
+            status: code,
+            retry_after,
+            body,
+        },
+        keep,
+    ))
+}
 
-    /// One line of the head, `\r\n` included; empty at the end of the stream.
-    fn read_line(&mut self, conn: &mut BufReader<TcpStream>) -> Result<String, Http1Error> {
-        self.line.clear();
-        conn.take(MAX_LINE as u64).read_line(&mut self.line)?;
-        if !self.line.is_empty() && !self.line.ends_with('\n') {
-            return Err(Http1Error::Protocol("header line too long".to_owned()));
+/// Reads a chunked body into `body` (up to [`MAX_BODY`]); false when it was longer
+/// and the rest was dropped.
+fn read_chunked(conn: &mut BufReader<TcpStream>, body: &mut Vec<u8>) -> Result<bool, Http1Error> {
+    let mut whole = true;
+    loop {
+        let line = read_line(conn)?;
+        let size = line.trim_end().split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size, 16)
+            .map_err(|_| Http1Error::Protocol(format!("chunk size {size:?}")))?;
+        if size == 0 {
+            // Trailers, then the blank line.
+            while !read_line(conn)?.trim_end().is_empty() {}
+            return Ok(whole);
         }
-        Ok(std::mem::take(&mut self.line))
+        if body.len() + size > MAX_BODY {
+            io::copy(&mut conn.take(size as u64), &mut io::sink())?;
+            whole = false;
+        } else {
+            let start = body.len();
+            body.resize(start + size, 0);
+            conn.read_exact(&mut body[start..])?;
+        }
+        let mut crlf = [0u8; 2];
+        conn.read_exact(&mut crlf)?;
     }
+}
+
+/// One line of the head, `\r\n` included; empty at the end of the stream.
+fn read_line(conn: &mut BufReader<TcpStream>) -> Result<String, Http1Error> {
+    let mut line = String::new();
+    conn.take(MAX_LINE as u64).read_line(&mut line)?;
+    if !line.is_empty() && !line.ends_with('\n') {
+        return Err(Http1Error::Protocol("header line too long".to_owned()));
+    }
+    Ok(line)
 }
 
 /// Whether a request failed because the server had closed the kept-alive connection
@@ -323,6 +315,27 @@ mod tests {
     use std::net::TcpListener;
     use std::thread;
 
+    /// Reads one request, head and body, as it came.
+    fn read_request(reader: &mut BufReader<TcpStream>) -> Vec<u8> {
+        let mut request = Vec::new();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("read");
+            request.extend_from_slice(line.as_bytes());
+            if let Some(v) = line.strip_prefix("Content-Length: ") {
+                length = v.trim().parse().expect("length");
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).expect("body");
+        request.extend_from_slice(&body);
+        request
+    }
+
     /// A server that answers each request on one connection with the next of
     /// `answers`, and hands back the requests it read.
     fn serve(answers: Vec<&'static [u8]>) -> (String, thread::JoinHandle<Vec<Vec<u8>>>) {
@@ -336,23 +349,7 @@ mod tests {
             let mut reader = BufReader::new(stream);
             let mut requests = Vec::new();
             for answer in answers {
-                let mut head = Vec::new();
-                let mut length = 0;
-                loop {
-                    let mut line = String::new();
-                    reader.read_line(&mut line).expect("read");
-                    head.extend_from_slice(line.as_bytes());
-                    if let Some(v) = line.strip_prefix("Content-Length: ") {
-                        length = v.trim().parse().expect("length");
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut body = vec![0; length];
-                reader.read_exact(&mut body).expect("body");
-                head.extend_from_slice(&body);
-                requests.push(head);
+                requests.push(read_request(&mut reader));
                 reader.get_mut().write_all(answer).expect("answer");
             }
             requests
@@ -410,30 +407,15 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}/write", listener.local_addr().expect("addr"));
         let server = thread::spawn(move || {
-            // First connection: one answer, then closed without a word.
-            for answers in [1, 1] {
+            // Each connection: one answer, then closed without a word.
+            for _ in 0..2 {
                 let (stream, _) = listener.accept().expect("accept");
                 let mut reader = BufReader::new(stream);
-                for _ in 0..answers {
-                    let mut line = String::new();
-                    let mut length = 0;
-                    loop {
-                        line.clear();
-                        reader.read_line(&mut line).expect("read");
-                        if let Some(v) = line.strip_prefix("Content-Length: ") {
-                            length = v.trim().parse().expect("length");
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    reader.read_exact(&mut body).expect("body");
-                    reader
-                        .get_mut()
-                        .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
-                        .expect("answer");
-                }
+                read_request(&mut reader);
+                reader
+                    .get_mut()
+                    .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                    .expect("answer");
             }
         });
         let mut client =
