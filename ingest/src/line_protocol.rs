@@ -233,8 +233,9 @@ pub fn decode_line_protocol_general(
     decode(body, precision, now_ns, out, false)
 }
 
-/// The shortest line that decodes: `power_metrics,device_id=a voltage=1,current=1,power=1`.
-const MIN_LINE_LEN: usize = 52;
+/// The length of the shortest line that decodes,
+/// `power_metrics,device_id=a voltage=1,current=1,power=1`.
+const MIN_LINE_LEN: usize = 53;
 
 fn decode(
     body: &[u8],
