@@ -459,7 +459,8 @@ struct LoadgenCli {
     /// connection sends at least once a second in open loop).
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Concurrent connections.
+    /// Concurrent connections; each sends the readings of its own share of the plugs,
+    /// in order.
     #[arg(long, default_value_t = 4)]
     connections: usize,
     /// Share of readings delivered late (0.0-1.0).

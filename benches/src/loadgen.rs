@@ -2,10 +2,20 @@
 //! HTTP, then checking that the server kept what it acknowledged.
 //!
 //! ```text
-//!  Fleet ─► producer (calling thread) ─► bounded queue ─► N sender threads ─► server
-//!  encode + batch, pace by schedule                       one keep-alive agent each
-//!                                   ◄── recycled buffers ──┘ acks → AckSet, histogram
+//!  Fleet ─► producer (calling thread) ─► N bounded queues ─► N sender threads ─► server
+//!  encode + batch, pace by schedule                         one keep-alive connection each
+//!                                     ◄── recycled buffers ──┘ acks → AckSet, histogram
 //! ```
+//!
+//! Each sender has its own share of the fleet (plug `p` belongs to sender
+//! `p % connections`) and its own queue: a plug's readings go over one connection, one
+//! request after another, so they reach the server in the order the fleet emits them,
+//! as from a real plug or gateway. With one shared queue, a plug's next second could
+//! overtake the one before on another connection; out-of-order readings are something
+//! the run configures (`out_of_order_share`), not an accident of scheduling. The
+//! senders' batches fill at the same pace, so each sender's first batch is cut short
+//! (sender `k` of `n`: `(k + 1) / n` of a batch) to keep them a batch's time apart
+//! rather than all due at once.
 //!
 //! Pacing:
 //!
@@ -117,7 +127,8 @@ pub struct LoadgenArgs {
     pub seed: u64,
     /// Readings per request; `None`: [`Protocol::default_batch_size`].
     pub batch_size: Option<usize>,
-    /// Concurrent sender threads, each with its own keep-alive connection.
+    /// Concurrent sender threads, each with its own keep-alive connection and its own
+    /// range of plugs (at most one thread per plug).
     pub connections: usize,
     /// Write the simulated range `[start_ns, end_ns)` flat out instead.
     pub backfill: Option<(i64, i64)>,
@@ -391,14 +402,18 @@ pub fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
     });
 
     let shared = Arc::new(Shared::new(args.plugs));
-    let (work_tx, work_rx) = crossbeam_channel::bounded::<Batch>(args.connections * 2);
+    // One queue per sender, two batches deep: the sender's share of the plugs.
+    let connections = args.connections.min(args.plugs as usize);
+    let (work_txs, work_rxs): (Vec<_>, Vec<_>) = (0..connections)
+        .map(|_| crossbeam_channel::bounded::<Batch>(2))
+        .unzip();
     let (recycle_tx, recycle_rx) = crossbeam_channel::unbounded::<Batch>();
     let url = format!("{}{}", args.url.trim_end_matches('/'), args.protocol.path());
     let auth = args.token.as_ref().map(|t| format!("Bearer {t}"));
 
     let t0 = Instant::now();
-    let mut senders = Vec::with_capacity(args.connections);
-    for i in 0..args.connections {
+    let mut senders = Vec::with_capacity(connections);
+    for (i, work) in work_rxs.into_iter().enumerate() {
         let sender = HttpSender {
             client: Http1Client::new(
                 &url,
@@ -410,7 +425,6 @@ pub fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
             max_retries: args.max_retries,
             shared: Arc::clone(&shared),
         };
-        let work = work_rx.clone();
         let recycle = recycle_tx.clone();
         let handle = thread::Builder::new()
             .name(format!("loadgen-sender-{i}"))
@@ -418,7 +432,6 @@ pub fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
             .map_err(LoadgenError::Spawn)?;
         senders.push(handle);
     }
-    drop(work_rx);
     drop(recycle_tx);
 
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
@@ -437,8 +450,15 @@ pub fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
     let mut producer = Producer {
         protocol: args.protocol,
         batch_size,
-        batch: Batch::with_capacity(batch_size, args.protocol),
-        work: work_tx,
+        lanes: work_txs
+            .into_iter()
+            .enumerate()
+            .map(|(k, work)| Lane {
+                batch: Batch::with_capacity(batch_size, args.protocol),
+                target: (batch_size * (k + 1) / connections).max(1),
+                work,
+            })
+            .collect(),
         recycle: recycle_rx,
         pacing,
         t0,
@@ -465,7 +485,7 @@ pub fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
             }
         }
     }
-    producer.dispatch();
+    producer.dispatch_all();
     drop(producer);
 
     let mut stats = SenderStats::default();
@@ -492,7 +512,7 @@ pub fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
     let mut report = Report {
         protocol: args.protocol,
         plugs: args.plugs,
-        connections: args.connections,
+        connections,
         batch_size,
         target_rate: match pacing {
             Pacing::Open { rate } => Some(rate),
@@ -725,12 +745,20 @@ enum Pacing {
     Flat,
 }
 
+/// A sender's share of the fleet: the batch being filled and the sender's queue.
+struct Lane {
+    batch: Batch,
+    /// Readings that fill the batch: `batch_size`, except for the staggered first.
+    target: usize,
+    work: Sender<Batch>,
+}
+
 /// Encodes readings into batches and hands them to the senders on schedule.
 struct Producer {
     protocol: Protocol,
     batch_size: usize,
-    batch: Batch,
-    work: Sender<Batch>,
+    /// One per sender; plug `p` goes to lane `p % lanes`.
+    lanes: Vec<Lane>,
     recycle: Receiver<Batch>,
     pacing: Pacing,
     t0: Instant,
@@ -755,7 +783,10 @@ impl Producer {
             self.done = true;
             return;
         }
-        let b = &mut self.batch;
+        let lane = r.plug_index as usize % self.lanes.len();
+        let Lane {
+            batch: b, target, ..
+        } = &mut self.lanes[lane];
         match self.protocol {
             Protocol::Lp => encode_lp(r, &mut b.body),
             Protocol::Json => {
@@ -767,18 +798,31 @@ impl Producer {
         b.min_ts = b.min_ts.min(r.ts);
         b.max_ts = b.max_ts.max(r.ts);
         self.emitted += 1;
-        if b.rows() >= self.batch_size {
-            self.dispatch();
+        if b.rows() >= *target {
+            self.dispatch(lane);
         }
     }
 
-    /// Sends the current batch (if any) once it is due.
-    fn dispatch(&mut self) {
-        if self.batch.rows() == 0 {
+    /// Sends the batches still being filled (the end of the run).
+    fn dispatch_all(&mut self) {
+        for lane in 0..self.lanes.len() {
+            self.dispatch(lane);
+        }
+    }
+
+    /// Sends a lane's batch (if any) once it is due.
+    fn dispatch(&mut self, lane: usize) {
+        let Lane {
+            batch,
+            target,
+            work,
+        } = &mut self.lanes[lane];
+        if batch.rows() == 0 {
             return;
         }
+        *target = self.batch_size;
         if self.protocol == Protocol::Json {
-            self.batch.body.push(b']');
+            batch.body.push(b']');
         }
         if let Pacing::Open { rate } = self.pacing {
             let due = self.t0 + Duration::from_secs_f64(self.emitted as f64 / rate as f64);
@@ -786,19 +830,19 @@ impl Producer {
             if due > now {
                 thread::sleep(due - now);
             }
-            self.batch.scheduled = Some(due);
+            batch.scheduled = Some(due);
         }
         self.shared
             .sent
-            .fetch_add(self.batch.rows() as u64, Ordering::Relaxed);
+            .fetch_add(batch.rows() as u64, Ordering::Relaxed);
         let next = self
             .recycle
             .try_recv()
             .unwrap_or_else(|_| Batch::with_capacity(self.batch_size, self.protocol));
-        let full = std::mem::replace(&mut self.batch, next);
-        if self.work.send(full).is_err() {
-            // Every sender is gone (they only stop when the queue closes): nothing more
-            // can be sent.
+        let full = std::mem::replace(batch, next);
+        if work.send(full).is_err() {
+            // The lane's sender is gone (senders only stop when their queue closes):
+            // nothing more can be sent.
             self.done = true;
         }
         if self.deadline.is_some_and(|d| Instant::now() >= d) {

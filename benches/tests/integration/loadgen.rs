@@ -1,3 +1,4 @@
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -39,9 +40,12 @@ fn open_loop_line_protocol_is_paced_and_verified() {
     assert_eq!(report.sent, 1000, "rate × duration readings");
     assert_eq!(report.acked, 1000);
     assert_eq!(report.target_rate, Some(1000));
-    // At most 1/connections s of data per request.
+    // At most 1/connections s of data per request. Each connection has its own plugs
+    // (13, 13, 12 and 12 of 50, about 260, 260, 240 and 240 readings); their first
+    // batches are staggered (62, 125, 187 and 250 readings) and the last may be partial:
+    // 2 + 2 + 2 + 1 requests.
     assert_eq!(report.batch_size, 250);
-    assert_eq!(report.requests, 4);
+    assert_eq!(report.requests, 7);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert!(report.acked_distinct < report.acked, "duplicates were sent");
     assert_eq!(report.acked_distinct as usize, server.distinct());
@@ -97,13 +101,48 @@ fn max_json_retries_503_and_loses_nothing() {
     assert_eq!(report.acked, report.sent, "retried, not dropped");
     assert_eq!(report.errors.get("http_503"), Some(&3));
     assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
-    assert_eq!(
-        report.requests,
-        report.sent / 100 + u64::from(!report.sent.is_multiple_of(100)) + 3
+    // Full batches, after a first one cut short (50 and 100 readings); each connection's
+    // last one may be partial.
+    let batches = report.requests - 3;
+    assert!(
+        (report.sent.div_ceil(100)..=report.sent / 100 + 3).contains(&batches),
+        "{batches} requests for {} readings",
+        report.sent
     );
     assert_eq!(report.target_rate, None);
     assert_eq!(report.lost, Some(0));
     assert_eq!(report.acked_distinct as usize, server.distinct());
+}
+
+#[test]
+fn a_plugs_readings_go_over_one_connection_in_order() {
+    let server = Server::start(Knobs::default());
+    let report = run(LoadgenArgs {
+        max: true,
+        batch_size: Some(7),
+        connections: 4,
+        ..args(&server)
+    })
+    .unwrap();
+    assert!(report.acked > 200, "{report:?}");
+    assert_eq!(report.lost, Some(0));
+    let arrivals = server.state.arrivals.lock().unwrap();
+    let mut plugs: BTreeMap<&str, (usize, i64)> = BTreeMap::new();
+    for (conn, device, ts) in arrivals.iter() {
+        match plugs.get_mut(device.as_str()) {
+            None => {
+                plugs.insert(device, (*conn, *ts));
+            }
+            Some((first_conn, last_ts)) => {
+                assert_eq!(conn, first_conn, "{device} on two connections");
+                assert!(ts > last_ts, "{device}: {ts} arrived after {last_ts}");
+                *last_ts = *ts;
+            }
+        }
+    }
+    assert_eq!(plugs.len(), 20);
+    let connections: BTreeSet<usize> = plugs.values().map(|&(conn, _)| conn).collect();
+    assert_eq!(connections.len(), 4, "every connection has plugs");
 }
 
 #[test]

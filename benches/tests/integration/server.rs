@@ -32,6 +32,9 @@ pub struct State {
     pub rows: Mutex<HashMap<(String, i64), u64>>,
     pub writes: AtomicU64,
     pub queries: Mutex<Vec<String>>,
+    /// Every stored reading as it arrived: `(connection, device_id, ts)`, connections
+    /// numbered from 0 in the order they were accepted.
+    pub arrivals: Mutex<Vec<(usize, String, i64)>>,
 }
 
 pub struct Server {
@@ -49,10 +52,10 @@ impl Server {
         });
         let st = Arc::clone(&state);
         thread::spawn(move || {
-            for conn in listener.incoming() {
+            for (id, conn) in listener.incoming().enumerate() {
                 let Ok(conn) = conn else { return };
                 let st = Arc::clone(&st);
-                thread::spawn(move || serve(conn, &st));
+                thread::spawn(move || serve(conn, id, &st));
             }
         });
         Self { addr, state }
@@ -67,7 +70,7 @@ impl Server {
     }
 }
 
-fn serve(conn: TcpStream, st: &State) {
+fn serve(conn: TcpStream, id: usize, st: &State) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut out = conn;
     loop {
@@ -99,7 +102,7 @@ fn serve(conn: TcpStream, st: &State) {
             .nth(1)
             .unwrap_or("")
             .to_owned();
-        let (status, extra, resp_body) = handle(st, &path, &headers, &body);
+        let (status, extra, resp_body) = handle(st, id, &path, &headers, &body);
         let reason = match status {
             200 => "OK",
             204 => "No Content",
@@ -120,6 +123,7 @@ fn serve(conn: TcpStream, st: &State) {
 
 fn handle(
     st: &State,
+    conn: usize,
     path: &str,
     headers: &HashMap<String, String>,
     body: &[u8],
@@ -169,6 +173,7 @@ fn handle(
         return (400, String::new(), e.into_bytes());
     }
     let mut rows = st.rows.lock().unwrap();
+    let mut arrivals = st.arrivals.lock().unwrap();
     for i in 0..batch.len() {
         let r = batch.get(i);
         if st.knobs.lose_device.as_deref() == Some(r.device_id) {
@@ -176,6 +181,7 @@ fn handle(
         }
         let n = rows.entry((r.device_id.to_owned(), r.ts)).or_insert(0);
         *n = if st.knobs.keep_duplicates { *n + 1 } else { 1 };
+        arrivals.push((conn, r.device_id.to_owned(), r.ts));
     }
     (204, String::new(), Vec::new())
 }
