@@ -128,7 +128,7 @@ pub struct LoadgenArgs {
     /// Readings per request; `None`: [`Protocol::default_batch_size`].
     pub batch_size: Option<usize>,
     /// Concurrent sender threads, each with its own keep-alive connection and its own
-    /// range of plugs (at most one thread per plug).
+    /// share of the plugs (at most one thread per plug).
     pub connections: usize,
     /// Write the simulated range `[start_ns, end_ns)` flat out instead.
     pub backfill: Option<(i64, i64)>,
@@ -382,8 +382,10 @@ pub fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
     let mut batch_size = args
         .batch_size
         .unwrap_or(args.protocol.default_batch_size());
+    // At most one sender per plug: each has its own share of the plugs.
+    let connections = args.connections.min(args.plugs as usize);
     if let Pacing::Open { rate } = pacing {
-        let per_connection = usize::try_from(rate / args.connections as u64).unwrap_or(usize::MAX);
+        let per_connection = usize::try_from(rate / connections as u64).unwrap_or(usize::MAX);
         batch_size = batch_size.min(per_connection.max(1));
     }
     let start_ns = match (args.backfill, args.start_ns) {
@@ -402,8 +404,7 @@ pub fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
     });
 
     let shared = Arc::new(Shared::new(args.plugs));
-    // One queue per sender, two batches deep: the sender's share of the plugs.
-    let connections = args.connections.min(args.plugs as usize);
+    // One queue per sender, two batches deep.
     let (work_txs, work_rxs): (Vec<_>, Vec<_>) = (0..connections)
         .map(|_| crossbeam_channel::bounded::<Batch>(2))
         .unzip();
