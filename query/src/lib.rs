@@ -13,6 +13,7 @@
 
 mod direct;
 mod error;
+mod newest;
 mod readings;
 mod scoped;
 

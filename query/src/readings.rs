@@ -6,12 +6,12 @@
 //! sources a query touches cannot hold the same key — their time or device ranges do
 //! not overlap, the common case — the scan is a plain union. Otherwise (late data,
 //! rewrites of persisted readings, a replay after a crash) each row is tagged with its
-//! source's rank and a `ROW_NUMBER() OVER (PARTITION BY device_id, ts ORDER BY rank
-//! DESC) = 1` keeps the newest copy; DataFusion runs that under the query's memory
-//! pool.
+//! source's rank, and [`KeepNewest`] keeps the newest copy of each key from the rows
+//! sorted by key and rank, which DataFusion sorts under the query's memory pool.
 
 use std::sync::Arc;
 
+use crate::newest::KeepNewest;
 use arrow::array::{AsArray, RecordBatch, UInt64Array};
 use arrow::datatypes::TimestampNanosecondType;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -28,12 +28,14 @@ use datafusion::datasource::{TableProvider, TableType, provider_as_source};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::session_state::SessionState;
-use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
     BinaryExpr, Expr, ExprFunctionExt, LogicalPlanBuilder, Operator, TableProviderFilterPushDown,
 };
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::prelude::{col, lit};
 use wattdb_engine::{Engine, FileMeta, ReadView, Tier, tier_file_schema, tier_schema};
@@ -42,7 +44,6 @@ use wattdb_engine::{Engine, FileMeta, ReadView, Tier, tier_file_schema, tier_sch
 pub const STORE_URL: &str = "wattdb://store/";
 
 const RANK: &str = "_rank";
-const ROW_NUMBER: &str = "_rn";
 const WHOLE_RANK: &str = "_whole_rank";
 const BUFFER_RANK: u64 = u64::MAX;
 const FROZEN_RANK: u64 = u64::MAX - 1;
@@ -271,17 +272,33 @@ impl ReadingsTable {
             let plan = merged_rollups(plan)?.project(columns)?.build()?;
             return state.create_physical_plan(&plan).await;
         }
-        let newest = row_number()
-            .partition_by(vec![col("device_id"), col(self.tier.time_column())])
-            .order_by(vec![col(RANK).sort(false, true)])
-            .build()?
-            .alias(ROW_NUMBER);
-        let plan = plan
-            .window(vec![newest])?
-            .filter(col(ROW_NUMBER).eq(lit(1u64)))?
-            .project(columns)?
-            .build()?;
-        state.create_physical_plan(&plan).await
+        // The newest copy of each key: the query's columns, and the key and rank
+        // for KeepNewest, which a projection then drops.
+        let names: Vec<String> = columns
+            .iter()
+            .map(|c| c.schema_name().to_string())
+            .collect();
+        let mut with_key = columns;
+        for name in ["device_id", time, RANK] {
+            if !names.iter().any(|n| n == name) {
+                with_key.push(col(name));
+            }
+        }
+        let input = state
+            .create_physical_plan(&plan.project(with_key)?.build()?)
+            .await?;
+        let newest: Arc<dyn ExecutionPlan> =
+            Arc::new(KeepNewest::try_new(input, "device_id", time, RANK)?);
+        let schema = newest.schema();
+        let out: Vec<(Arc<dyn PhysicalExpr>, String)> = names
+            .into_iter()
+            .map(|name| -> DfResult<_> {
+                let column: Arc<dyn PhysicalExpr> =
+                    Arc::new(PhysicalColumn::new(&name, schema.index_of(&name)?));
+                Ok((column, name))
+            })
+            .collect::<DfResult<_>>()?;
+        Ok(Arc::new(ProjectionExec::try_new(out, newest)?))
     }
 }
 
