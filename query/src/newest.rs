@@ -36,9 +36,9 @@ use futures::StreamExt;
 pub struct KeepNewest {
     input: Arc<dyn ExecutionPlan>,
     /// The key's columns and the rank, in the input.
-    device: Arc<dyn PhysicalExpr>,
-    time: Arc<dyn PhysicalExpr>,
-    rank: Arc<dyn PhysicalExpr>,
+    device: Column,
+    time: Column,
+    rank: Column,
     properties: Arc<PlanProperties>,
 }
 
@@ -51,9 +51,7 @@ impl KeepNewest {
         rank: &str,
     ) -> DfResult<Self> {
         let schema = input.schema();
-        let column = |name: &str| -> DfResult<Arc<dyn PhysicalExpr>> {
-            Ok(Arc::new(Column::new(name, schema.index_of(name)?)))
-        };
+        let column = |name: &str| -> DfResult<Column> { Column::new_with_schema(name, &schema) };
         let input_properties = input.properties();
         // Rows leave in the order they came, fewer of them: the input's partitioning
         // and orderings still hold.
@@ -73,8 +71,12 @@ impl KeepNewest {
     }
 
     fn key(&self) -> Vec<Arc<dyn PhysicalExpr>> {
-        vec![Arc::clone(&self.device), Arc::clone(&self.time)]
+        vec![expr(&self.device), expr(&self.time)]
     }
+}
+
+fn expr(column: &Column) -> Arc<dyn PhysicalExpr> {
+    Arc::new(column.clone())
 }
 
 impl DisplayAs for KeepNewest {
@@ -104,8 +106,8 @@ impl ExecutionPlan for KeepNewest {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
     ) -> DfResult<TreeNodeRecursion> {
-        for e in [&self.device, &self.time, &self.rank] {
-            if f(e)? == TreeNodeRecursion::Stop {
+        for c in [&self.device, &self.time, &self.rank] {
+            if f(&expr(c))? == TreeNodeRecursion::Stop {
                 return Ok(TreeNodeRecursion::Stop);
             }
         }
@@ -127,9 +129,9 @@ impl ExecutionPlan for KeepNewest {
             nulls_first: true,
         };
         let requirement = LexRequirement::new([
-            PhysicalSortRequirement::new(Arc::clone(&self.device), Some(asc)),
-            PhysicalSortRequirement::new(Arc::clone(&self.time), Some(asc)),
-            PhysicalSortRequirement::new(Arc::clone(&self.rank), Some(desc)),
+            PhysicalSortRequirement::new(expr(&self.device), Some(asc)),
+            PhysicalSortRequirement::new(expr(&self.time), Some(asc)),
+            PhysicalSortRequirement::new(expr(&self.rank), Some(desc)),
         ]);
         vec![requirement.map(OrderingRequirements::new)]
     }
@@ -144,16 +146,11 @@ impl ExecutionPlan for KeepNewest {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let [input] = <[_; 1]>::try_from(children)
             .map_err(|_| DataFusionError::Internal("KeepNewest has one input".into()))?;
-        let column = |e: &Arc<dyn PhysicalExpr>| -> DfResult<String> {
-            e.downcast_ref::<Column>()
-                .map(|c| c.name().to_owned())
-                .ok_or_else(|| DataFusionError::Internal("KeepNewest keys are columns".into()))
-        };
         Ok(Arc::new(Self::try_new(
             input,
-            &column(&self.device)?,
-            &column(&self.time)?,
-            &column(&self.rank)?,
+            self.device.name(),
+            self.time.name(),
+            self.rank.name(),
         )?))
     }
 
@@ -164,13 +161,12 @@ impl ExecutionPlan for KeepNewest {
     ) -> DfResult<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
         let schema = input.schema();
-        let (device, time) = (Arc::clone(&self.device), Arc::clone(&self.time));
+        let (device, time) = (self.device.index(), self.time.index());
         let mut last: Option<(ArrayRef, ArrayRef)> = None;
         let stream = input.map(move |batch| {
             let batch = batch?;
-            let d = device.evaluate(&batch)?.into_array(batch.num_rows())?;
-            let t = time.evaluate(&batch)?.into_array(batch.num_rows())?;
-            let keep = first_of_runs(&d, &t, last.as_ref())?;
+            let (d, t) = (batch.column(device), batch.column(time));
+            let keep = first_of_runs(d, t, last.as_ref())?;
             if batch.num_rows() > 0 {
                 let n = batch.num_rows();
                 last = Some((d.slice(n - 1, 1), t.slice(n - 1, 1)));

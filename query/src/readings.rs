@@ -11,7 +11,6 @@
 
 use std::sync::Arc;
 
-use crate::newest::KeepNewest;
 use arrow::array::{AsArray, RecordBatch, UInt64Array};
 use arrow::datatypes::TimestampNanosecondType;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -39,6 +38,8 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::prelude::{col, lit};
 use wattdb_engine::{Engine, FileMeta, ReadView, Tier, tier_file_schema, tier_schema};
+
+use crate::newest::KeepNewest;
 
 /// The URL under which the engine's object store is registered with DataFusion.
 pub const STORE_URL: &str = "wattdb://store/";
