@@ -54,27 +54,115 @@ pub struct LatestReading {
 struct PlugRows {
     ts: Vec<i64>,
     rows: Vec<u64>,
-    /// Room the lists take when they first grow: the count of the last persist cycle.
+    /// Room the lists take when they first grow: [`first_room`] for a new plug, then
+    /// [`next_room`] of the last persist cycle's count (0 once taken).
     room: usize,
 }
 
+/// Room of a new plug's lists: 8 to 15 entries by its key. All plugs report at the same
+/// rate, so lists grown from one size by doubling would all double in the same write
+/// (10,000 plugs at 500,000 readings/s: 40 ms of one write copying and faulting in
+/// memory, 5 s after start); from sizes spread over one doubling, an eighth of the
+/// plugs grow at a time, spread over seconds.
+fn first_room(key: usize) -> usize {
+    8 + key % 8
+}
+
+/// Room of a plug's lists for the next persist cycle, after a cycle of `count` readings:
+/// a quarter more and up to another quarter, spread by key like [`first_room`].
+fn next_room(count: usize, key: usize) -> usize {
+    count + count / 4 + count / 4 * (key % 8) / 8
+}
+
+/// Lists made ahead of a freeze, outside the buffer's lock, by the thread that freezes
+/// ([`Buffer::rooms`], [`SpareLists::make`], [`Buffer::freeze_with`]): the plugs' next
+/// lists with their room already taken and written once, so that the writes right after
+/// a freeze neither allocate nor fault in memory for them.
+#[derive(Debug, Default)]
+pub struct SpareLists {
+    /// By plug key: the row list, and a time list where the plug's own is too small.
+    lists: Vec<(Vec<u64>, Option<Vec<i64>>)>,
+}
+
+/// Capacity a plug's lists need for the next cycle ([`Buffer::rooms`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Room {
+    entries: u32,
+    /// The plug's time list holds less: it needs a spare too.
+    ts: bool,
+}
+
+/// A list with room for `entries`, its memory written once (faulted in).
+fn written<T: Copy + Default>(entries: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(entries);
+    v.resize(entries, T::default());
+    v.clear();
+    v
+}
+
+impl SpareLists {
+    /// Makes the lists `rooms` asks for: the slow part, for outside the lock.
+    pub fn make(rooms: &[Room]) -> Self {
+        let lists = rooms
+            .iter()
+            .map(|r| {
+                let n = r.entries as usize;
+                if n == 0 {
+                    return (Vec::new(), None);
+                }
+                (written(n), r.ts.then(|| written(n)))
+            })
+            .collect();
+        Self { lists }
+    }
+
+    fn take(&mut self, key: usize) -> (Vec<u64>, Option<Vec<i64>>) {
+        self.lists
+            .get_mut(key)
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+}
+
 impl PlugRows {
+    fn new(key: usize) -> Self {
+        Self {
+            room: first_room(key),
+            ..Self::default()
+        }
+    }
+
+    /// The room this plug's lists need after the next freeze.
+    fn next(&self, key: usize) -> Room {
+        let entries = next_room(self.rows.len(), key);
+        Room {
+            entries: u32::try_from(entries).unwrap_or(u32::MAX),
+            ts: self.ts.capacity() < entries,
+        }
+    }
+
     /// Empties the list for the next persist cycle and returns its row numbers.
     ///
-    /// The next cycle's lists get room for this cycle's count and a quarter more when
-    /// they first grow. Grown from empty by doubling, every plug's list would double at
-    /// the same moments (all plugs report at the same rate), and each doubling of all of
-    /// them at once copied tens of MB within one write: 15-20 ms of the apply thread
-    /// every few seconds at 500,000 readings/s. The room is taken at the first insert,
-    /// not here, so that a freeze (which holds the buffer's lock) allocates nothing.
-    fn restart(&mut self) -> Vec<u64> {
-        self.room = self.rows.len() + self.rows.len() / 4;
+    /// The next cycle's lists get room for this cycle's count and a quarter more or so
+    /// ([`next_room`]): grown from empty by doubling, every plug's list would double at
+    /// the same moments, and each doubling of all of them at once copied tens of MB
+    /// within one write (15-20 ms of the apply thread every few seconds at 500,000
+    /// readings/s). `spare` lists made outside the lock hold that room already; without
+    /// them the room is taken at the first insert, not here, so that a freeze (which
+    /// holds the buffer's lock) allocates nothing.
+    fn restart(&mut self, key: usize, spare: (Vec<u64>, Option<Vec<i64>>)) -> Vec<u64> {
+        let (spare_rows, spare_ts) = spare;
+        let room = next_room(self.rows.len(), key);
         self.ts.clear();
-        if self.ts.capacity() > 2 * self.room {
+        if let Some(ts) = spare_ts {
+            self.ts = ts;
+        } else if self.ts.capacity() > 2 * room {
             // A burst from one plug does not keep its memory for good.
-            self.ts.shrink_to(self.room);
+            self.ts.shrink_to(room);
         }
-        std::mem::take(&mut self.rows)
+        let rows = std::mem::replace(&mut self.rows, spare_rows);
+        self.room = if self.rows.capacity() > 0 { 0 } else { room };
+        rows
     }
 
     /// Makes room for at least one more entry: the last cycle's count, or double.
@@ -518,7 +606,7 @@ impl Buffer {
             return k;
         }
         let k = self.latest.len() as u32;
-        self.times.push(PlugRows::default());
+        self.times.push(PlugRows::new(k as usize));
         let id: Arc<str> = id.into();
         self.devices.insert(Arc::clone(&id), k);
         self.latest.push(LatestReading {
@@ -617,9 +705,31 @@ impl Buffer {
         }
     }
 
+    /// Plugs known (keys `0..plugs`).
+    pub fn plugs(&self) -> usize {
+        self.times.len()
+    }
+
+    /// Appends the room the lists of plugs `keys` need after the next freeze, for
+    /// [`SpareLists::make`]. Reads only: callers can hold the lock for a range at a time.
+    pub fn rooms(&self, keys: Range<usize>, out: &mut Vec<Room>) {
+        let keys = keys.start.min(self.times.len())..keys.end.min(self.times.len());
+        out.extend(
+            self.times[keys.clone()]
+                .iter()
+                .zip(keys)
+                .map(|(t, k)| t.next(k)),
+        );
+    }
+
     /// Takes every row out for persistence (keeping the latest value of each plug), or
     /// `None` when the buffer holds no rows.
     pub fn freeze(&mut self) -> Option<Frozen> {
+        self.freeze_with(SpareLists::default())
+    }
+
+    /// [`Buffer::freeze`], giving the plugs the `spares` as their next lists.
+    pub fn freeze_with(&mut self, mut spares: SpareLists) -> Option<Frozen> {
         self.seal();
         if self.chunks.is_empty() {
             return None;
@@ -650,7 +760,8 @@ impl Buffer {
                     .times
                     .iter_mut()
                     .zip(&self.latest)
-                    .map(|(t, l)| (Arc::clone(&l.device_id), t.restart()))
+                    .enumerate()
+                    .map(|(k, (t, l))| (Arc::clone(&l.device_id), t.restart(k, spares.take(k))))
                     .collect(),
             },
         };
@@ -770,7 +881,7 @@ mod tests {
         // Out of order and a replaced copy still land in place.
         assert_eq!(p.insert(50, 1000), Some(50));
         assert_eq!(p.insert(-1, 1001), None);
-        let rows = p.restart();
+        let rows = p.restart(0, Default::default());
         assert_eq!(rows.len(), 101);
         assert_eq!((rows[0], rows[51]), (1001, 1000));
         assert!(p.ts.is_empty() && p.rows.is_empty());
@@ -785,14 +896,79 @@ mod tests {
         for ts in 300..400 {
             p.insert(ts, 0);
         }
-        assert_eq!(p.restart().len(), 200);
+        assert_eq!(p.restart(0, Default::default()).len(), 200);
 
         // A quiet cycle after a busy one gives the memory back.
         p.insert(500, 0);
-        assert_eq!(p.restart().len(), 1);
+        assert_eq!(p.restart(0, Default::default()).len(), 1);
         assert!(p.ts.capacity() <= 8, "kept {}", p.ts.capacity());
-        assert_eq!(p.restart().len(), 0);
+        assert_eq!(p.restart(0, Default::default()).len(), 0);
         assert_eq!((p.rows.capacity(), p.room), (0, 0));
+    }
+
+    #[test]
+    fn new_plugs_lists_grow_at_different_counts() {
+        // Eight plugs filled alike: past their first insert no two grow at the same
+        // count, so no write grows all of them at once.
+        let mut grew_at: Vec<Vec<usize>> = Vec::new();
+        for key in 0..8 {
+            let mut p = PlugRows::new(key);
+            let mut at = Vec::new();
+            for ts in 0..600 {
+                let cap = p.rows.capacity();
+                p.insert(ts, 0);
+                if p.rows.capacity() != cap && ts > 0 {
+                    at.push(ts as usize);
+                }
+            }
+            assert_eq!(p.ts.len(), 600);
+            grew_at.push(at);
+        }
+        let mut all: Vec<usize> = grew_at.iter().flatten().copied().collect();
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n, "growth counts shared: {grew_at:?}");
+        assert!(n >= 8 * 5, "{grew_at:?}");
+    }
+
+    #[test]
+    fn spare_lists_hold_the_next_cycle_and_keep_the_rows() {
+        let mut buf = Buffer::new();
+        let plugs = ["a", "b", "c"];
+        for ts in 0..40 {
+            for (i, id) in plugs.iter().enumerate() {
+                buf.insert_test(&[&one(id, ts, (i * 1000) as f64 + ts as f64)]);
+            }
+        }
+        let mut rooms = Vec::new();
+        buf.rooms(0..2, &mut rooms);
+        buf.rooms(2..100, &mut rooms);
+        assert_eq!(rooms.len(), 3);
+        assert!(rooms.iter().all(|r| r.entries >= 50), "{rooms:?}");
+        let spares = SpareLists::make(&rooms);
+        let first = buf.freeze_with(spares).unwrap().sorted().unwrap();
+        assert_eq!(first.num_rows(), 120);
+        let lists: Vec<*const u64> = buf.times.iter().map(|t| t.rows.as_ptr()).collect();
+        for t in &buf.times {
+            assert!(t.rows.is_empty() && t.rows.capacity() >= 50 && t.ts.capacity() >= 50);
+            assert_eq!(t.room, 0);
+        }
+        // The next cycle, a duplicate included, fits the spare lists: none moved.
+        for ts in 100..140 {
+            for id in plugs {
+                buf.insert_test(&[&one(id, ts, ts as f64)]);
+            }
+        }
+        buf.insert_test(&[&one("b", 120, -1.0)]);
+        let moved: Vec<*const u64> = buf.times.iter().map(|t| t.rows.as_ptr()).collect();
+        assert_eq!(lists, moved);
+        let next = buf.freeze().unwrap();
+        let r = rows(&[next.sorted().unwrap()]);
+        assert_eq!(r.len(), 120);
+        assert_eq!(r[40 + 20], ("b".into(), 120, -1.0));
+        assert_eq!(r[0], ("a".into(), 100, 100.0));
+        assert_eq!(r[119], ("c".into(), 139, 139.0));
     }
 
     fn rows(batches: &[RecordBatch]) -> Vec<(String, i64, f64)> {
