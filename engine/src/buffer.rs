@@ -80,8 +80,16 @@ fn next_room(count: usize, key: usize) -> usize {
 /// a freeze neither allocate nor fault in memory for them.
 #[derive(Debug, Default)]
 pub struct SpareLists {
-    /// By plug key: the row list, and a time list where the plug's own is too small.
-    lists: Vec<(Vec<u64>, Option<Vec<i64>>)>,
+    /// By plug key.
+    lists: Vec<Spare>,
+}
+
+/// One plug's next lists ([`SpareLists`]); empty where the plug needs none.
+#[derive(Debug, Default)]
+struct Spare {
+    rows: Vec<u64>,
+    /// Only where the plug's own time list is too small.
+    ts: Option<Vec<i64>>,
 }
 
 /// Capacity a plug's lists need for the next cycle ([`Buffer::rooms`]).
@@ -108,15 +116,18 @@ impl SpareLists {
             .map(|r| {
                 let n = r.entries as usize;
                 if n == 0 {
-                    return (Vec::new(), None);
+                    return Spare::default();
                 }
-                (written(n), r.ts.then(|| written(n)))
+                Spare {
+                    rows: written(n),
+                    ts: r.ts.then(|| written(n)),
+                }
             })
             .collect();
         Self { lists }
     }
 
-    fn take(&mut self, key: usize) -> (Vec<u64>, Option<Vec<i64>>) {
+    fn take(&mut self, key: usize) -> Spare {
         self.lists
             .get_mut(key)
             .map(std::mem::take)
@@ -150,17 +161,16 @@ impl PlugRows {
     /// readings/s). `spare` lists made outside the lock hold that room already; without
     /// them the room is taken at the first insert, not here, so that a freeze (which
     /// holds the buffer's lock) allocates nothing.
-    fn restart(&mut self, key: usize, spare: (Vec<u64>, Option<Vec<i64>>)) -> Vec<u64> {
-        let (spare_rows, spare_ts) = spare;
+    fn restart(&mut self, key: usize, spare: Spare) -> Vec<u64> {
         let room = next_room(self.rows.len(), key);
         self.ts.clear();
-        if let Some(ts) = spare_ts {
+        if let Some(ts) = spare.ts {
             self.ts = ts;
         } else if self.ts.capacity() > 2 * room {
             // A burst from one plug does not keep its memory for good.
             self.ts.shrink_to(room);
         }
-        let rows = std::mem::replace(&mut self.rows, spare_rows);
+        let rows = std::mem::replace(&mut self.rows, spare.rows);
         self.room = if self.rows.capacity() > 0 { 0 } else { room };
         rows
     }
