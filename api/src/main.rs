@@ -67,7 +67,8 @@ enum Command {
         command: TokenCommand,
     },
     /// Simulate a fleet of smart plugs writing to a running WattDB, then verify that
-    /// every acknowledged reading is stored exactly once.
+    /// every acknowledged reading is stored exactly once; also reports the server's own
+    /// WAL fsync and write latency for the run, from its /metrics.
     Loadgen(LoadgenCli),
     /// Measure MQTT ingest through a broker: its own delivery ceiling to a subscriber
     /// that only counts, or a running WattDB's sustained rate (with loss verified).
@@ -475,7 +476,8 @@ struct LoadgenCli {
     /// Skip the verification query at the end.
     #[arg(long)]
     no_verify: bool,
-    /// API token, sent as `Authorization: Bearer TOKEN`.
+    /// API token, sent as `Authorization: Bearer TOKEN`: write scope for the run,
+    /// read scope for verification and the server's figures (admin has both).
     #[arg(long, env = "WATTDB_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Print one JSON object instead of the human summary (no progress line).

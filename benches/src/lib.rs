@@ -21,6 +21,8 @@
 //! - [`mqtt`]: `wattdb mqtt-bench`, the MQTT path through a real broker: the broker's
 //!   own delivery ceiling to a subscriber that only counts, and WattDB's sustained rate.
 //! - [`queries`]: `wattdb query-bench`, dashboard and analytics questions over HTTP.
+//! - [`server_view`]: the server's side of a run (WAL fsync and write latency) from its
+//!   `/metrics` before and after, so a high ack p99 can be told apart from a slow disk.
 //! - [`histogram`]: the log-bucket latency histogram the report's percentiles come from.
 //! - [`http1`]: the load generator's write client (HTTP/1.1, head and body in two
 //!   writes; `ureq` does the rest).
@@ -35,6 +37,7 @@ pub mod loadgen;
 pub mod mqtt;
 pub mod queries;
 mod rng;
+pub mod server_view;
 pub mod simulator;
 
 pub use encode::{encode_json, encode_lp};

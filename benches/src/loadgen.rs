@@ -42,6 +42,11 @@
 //! `connection_failed`, `io`, …) counts once and the batch is not acknowledged. A
 //! batch is never dropped without a count.
 //!
+//! Server figures: the loadgen reads the server's `/metrics` before the first write
+//! and after the last acknowledgement, and reports what the server's own histograms
+//! recorded in between ([`ServerView`]: WAL fsyncs, and each write's time from the
+//! write queue to queryable). A high ack p99 next to slow fsyncs is the disk's.
+//!
 //! Verification: the loadgen knows exactly which distinct readings `(plug, second)` were
 //! acknowledged: one bit each, kept per simulated second in words of 64 plugs, so
 //! `ceil(plugs / 64) × 8` bytes per simulated second (10 k plugs for an hour: 4.5 MB;
@@ -65,6 +70,7 @@ use serde::Serialize;
 use crate::encode::{encode_json, encode_lp};
 use crate::histogram::Histogram;
 use crate::http1::{Http1Client, Http1Error, UrlError};
+use crate::server_view::{ServerView, Snapshot};
 use crate::simulator::{Fleet, FleetConfig, NS_PER_S, Reading};
 
 /// How readings are written.
@@ -247,6 +253,12 @@ pub struct Report {
     pub elapsed_s: f64,
     /// HTTP requests made, retries included.
     pub requests: u64,
+    /// The server's own figures for the run (WAL fsyncs, queue to queryable), from its
+    /// `/metrics` before and after; `null` if they could not be read (see
+    /// `server_error`). They include other clients' writes, if any.
+    pub server: Option<ServerView>,
+    /// Why `server` is `null`.
+    pub server_error: Option<String>,
 }
 
 impl Report {
@@ -298,6 +310,11 @@ impl fmt::Display for Report {
             ),
             (_, _, Some(e)) => writeln!(f, "  verified  no: {e}"),
             _ => writeln!(f, "  verified  not asked"),
+        }?;
+        match (&self.server, &self.server_error) {
+            (Some(server), _) => writeln!(f, "  server    {server}"),
+            (None, Some(e)) => writeln!(f, "  server    no figures: {e}"),
+            (None, None) => Ok(()),
         }
     }
 }
@@ -412,6 +429,9 @@ pub fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
     let url = format!("{}{}", args.url.trim_end_matches('/'), args.protocol.path());
     let auth = args.token.as_ref().map(|t| format!("Bearer {t}"));
 
+    // The server's histograms before the first write, to subtract from those after.
+    let before = Snapshot::fetch(&args.url, auth.as_deref());
+
     let t0 = Instant::now();
     let mut senders = Vec::with_capacity(connections);
     for (i, work) in work_rxs.into_iter().enumerate() {
@@ -506,6 +526,14 @@ pub fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
         return Err(LoadgenError::SenderPanicked);
     }
 
+    let (server, server_error) = match (before, Snapshot::fetch(&args.url, auth.as_deref())) {
+        (Ok(before), Ok(after)) => match ServerView::between(&before, &after) {
+            Some(view) => (Some(view), None),
+            None => (None, Some("the server restarted during the run".to_owned())),
+        },
+        (Err(e), _) | (_, Err(e)) => (None, Some(e)),
+    };
+
     let acks = shared.acks.lock().unwrap_or_else(PoisonError::into_inner);
     let acked = shared.acked.load(Ordering::Relaxed);
     let elapsed_s = elapsed.as_secs_f64();
@@ -539,6 +567,8 @@ pub fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
         verify_error: None,
         elapsed_s,
         requests: shared.requests.load(Ordering::Relaxed),
+        server,
+        server_error,
     };
     if args.verify {
         match verify(&args, auth.as_deref(), &acks) {

@@ -27,6 +27,7 @@ use wattdb_ingest::subscriber::{AckRuns, ReadPacer};
 
 use crate::encode_json;
 use crate::loadgen::stored_counts;
+use crate::server_view::{ServerView, Snapshot};
 use crate::simulator::{Fleet, FleetConfig};
 
 const NS_PER_S: i64 = 1_000_000_000;
@@ -97,6 +98,10 @@ pub struct MqttBenchReport {
     pub lost: Option<u64>,
     /// Readings stored more than once (WattDB target).
     pub duplicated: Option<u64>,
+    /// WattDB's own figures for the run (WAL fsyncs, queue to queryable), from its
+    /// `/metrics` before the first publish and after the last delivery; `null` for
+    /// the null subscriber, or if WattDB restarted in between.
+    pub server: Option<ServerView>,
 }
 
 impl MqttBenchReport {
@@ -115,6 +120,9 @@ impl MqttBenchReport {
         );
         if let (Some(lost), Some(dup)) = (self.lost, self.duplicated) {
             println!("  verified       {lost} lost, {dup} duplicated");
+        }
+        if let Some(server) = &self.server {
+            println!("  server         {server}");
         }
     }
 }
@@ -151,6 +159,13 @@ pub fn run(args: &MqttBenchArgs) -> Result<MqttBenchReport, MqttBenchError> {
     let end_ns = start_ns + i64::from(args.seconds) * NS_PER_S;
 
     let delivered = Arc::new(AtomicU64::new(0));
+    let auth = args.token.as_ref().map(|t| format!("Bearer {t}"));
+    let snapshot =
+        |url: &str| Snapshot::fetch(url, auth.as_deref()).map_err(|e| wattdb_error(url, e));
+    let before = match &args.target {
+        Target::Null => None,
+        Target::Wattdb(url) => Some(snapshot(url)?),
+    };
     let baseline = match &args.target {
         Target::Null => {
             null_subscriber(args, qos, delivered.clone())?;
@@ -204,6 +219,10 @@ pub fn run(args: &MqttBenchArgs) -> Result<MqttBenchReport, MqttBenchError> {
     }
     let (delivered_readings, done) = last;
     let seconds = done.duration_since(started).as_secs_f64().max(1e-9);
+    let server = match (&args.target, &before) {
+        (Target::Wattdb(url), Some(before)) => ServerView::between(before, &snapshot(url)?),
+        _ => None,
+    };
     let (lost, duplicated) = match &args.target {
         Target::Null => (None, None),
         Target::Wattdb(url) => {
@@ -237,6 +256,7 @@ pub fn run(args: &MqttBenchArgs) -> Result<MqttBenchReport, MqttBenchError> {
         messages_per_second: delivered_readings as f64 / args.per_message as f64 / seconds,
         lost,
         duplicated,
+        server,
     })
 }
 

@@ -49,6 +49,17 @@ fn open_loop_line_protocol_with_late_and_duplicated_readings_loses_nothing() {
     for key in ["rows_per_s", "ack_p50_ms", "ack_p99_ms", "ack_p999_ms"] {
         assert!(r[key].as_f64().is_some(), "{key} missing in {r}");
     }
+    // The server's own figures, from its /metrics before and after: one queued write
+    // per request, and at least one group commit (at most one per write).
+    let s = &r["server"];
+    assert_eq!(s["writes"], r["requests"], "{r}");
+    let fsyncs = s["wal_fsyncs"].as_u64().unwrap();
+    assert!(
+        fsyncs >= 1 && fsyncs <= r["requests"].as_u64().unwrap(),
+        "{r}"
+    );
+    assert!(s["wal_fsync_p99_ms"].as_f64().is_some(), "{r}");
+    assert!(r["server_error"].is_null(), "{r}");
 }
 
 #[test]

@@ -80,6 +80,21 @@ fn open_loop_line_protocol_is_paced_and_verified() {
     }
     assert_eq!(json["protocol"], "lp");
     assert!(report.to_string().contains("lost 0, duplicated 0"));
+    // The server's own figures cover this run's writes only: its /metrics, read
+    // before and after, counted one fsync of under 1 ms per write.
+    let server_view = report.server.as_ref().expect("server figures");
+    assert_eq!(server_view.writes, 7);
+    assert_eq!(server_view.wal_fsyncs, 7);
+    assert_eq!(server_view.wal_fsync_p99_ms, Some(1.0));
+    assert_eq!(server_view.writes_over_25ms, 0);
+    assert_eq!(report.server_error, None);
+    assert_eq!(json["server"]["wal_fsyncs"], 7);
+    assert!(
+        report
+            .to_string()
+            .contains("server    WAL fsyncs 7: p50 ≤ 1 ms"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -235,6 +250,9 @@ fn refused_connections_are_counted() {
     let refused = report.errors.get("connection_failed").copied().unwrap_or(0);
     assert!(refused > 0, "{:?}", report.errors);
     assert_eq!(refused, report.requests);
+    assert_eq!(report.server, None);
+    let why = report.server_error.unwrap();
+    assert!(why.contains("/metrics could not be read"), "{why}");
 }
 
 #[test]
@@ -261,4 +279,6 @@ fn bearer_token_is_sent() {
     .unwrap();
     assert_eq!(report.acked, 0);
     assert!(report.errors.contains_key("http_401"));
+    let why = report.server_error.unwrap();
+    assert!(why.contains("answered HTTP 401"), "{why}");
 }

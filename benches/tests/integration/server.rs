@@ -1,6 +1,8 @@
 //! A tiny HTTP/1.1 server standing in for WattDB: it decodes writes with
 //! `wattdb-ingest`, keeps `(device_id, ts)` → times written, and answers the loadgen's
-//! verification query with CSV. Knobs make it misbehave.
+//! verification query with CSV, and `/metrics` with WattDB's WAL fsync and write
+//! histograms (every write counted as one fsync of under 1 ms). Knobs make it
+//! misbehave.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -140,6 +142,9 @@ fn handle(
             query(st, body),
         );
     }
+    if path == "/metrics" {
+        return (200, "Content-Type: text/plain\r\n".to_owned(), metrics(st));
+    }
     st.writes.fetch_add(1, Ordering::Relaxed);
     if st.knobs.reject_all {
         return (400, String::new(), b"{\"error\":\"line 1: no\"}".to_vec());
@@ -184,6 +189,23 @@ fn handle(
         arrivals.push((conn, r.device_id.to_owned(), r.ts));
     }
     (204, String::new(), Vec::new())
+}
+
+/// The two histograms the loadgen reads, as WattDB prints them.
+fn metrics(st: &State) -> Vec<u8> {
+    let n = st.writes.load(Ordering::Relaxed);
+    let mut out = String::new();
+    for name in [
+        "wattdb_wal_fsync_seconds",
+        "wattdb_write_to_queryable_seconds",
+    ] {
+        for le in ["0.0005", "0.001", "0.025", "10", "+Inf"] {
+            let count = if le == "0.0005" { 0 } else { n };
+            out.push_str(&format!("{name}_bucket{{le=\"{le}\"}} {count}\n"));
+        }
+        out.push_str(&format!("{name}_sum 0\n{name}_count {n}\n"));
+    }
+    out.into_bytes()
 }
 
 /// Answers any query with `device_id,n,d` over everything stored.
