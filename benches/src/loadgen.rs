@@ -430,7 +430,7 @@ pub fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
     let auth = args.token.as_ref().map(|t| format!("Bearer {t}"));
 
     // The server's histograms before the first write, to subtract from those after.
-    let before = Snapshot::fetch(&args.url, auth.as_deref());
+    let before = Snapshot::fetch(&args.url, args.token.as_deref());
 
     let t0 = Instant::now();
     let mut senders = Vec::with_capacity(connections);
@@ -526,7 +526,7 @@ pub fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
         return Err(LoadgenError::SenderPanicked);
     }
 
-    let (server, server_error) = match (before, Snapshot::fetch(&args.url, auth.as_deref())) {
+    let (server, server_error) = match (before, Snapshot::fetch(&args.url, args.token.as_deref())) {
         (Ok(before), Ok(after)) => match ServerView::between(&before, &after) {
             Some(view) => (Some(view), None),
             None => (None, Some("the server restarted during the run".to_owned())),
@@ -989,7 +989,7 @@ impl HttpSender {
 }
 
 /// The start of an error response's body, for the report's sample.
-fn response_text(body: &[u8]) -> String {
+pub(crate) fn response_text(body: &[u8]) -> String {
     let mut text = String::from_utf8_lossy(body).into_owned();
     if text.len() > SAMPLE_LEN {
         let mut cut = SAMPLE_LEN;

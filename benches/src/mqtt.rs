@@ -27,7 +27,7 @@ use wattdb_ingest::subscriber::{AckRuns, ReadPacer};
 
 use crate::encode_json;
 use crate::loadgen::stored_counts;
-use crate::server_view::{ServerView, Snapshot};
+use crate::server_view::{ServerView, Snapshot, metrics_page};
 use crate::simulator::{Fleet, FleetConfig};
 
 const NS_PER_S: i64 = 1_000_000_000;
@@ -159,19 +159,22 @@ pub fn run(args: &MqttBenchArgs) -> Result<MqttBenchReport, MqttBenchError> {
     let end_ns = start_ns + i64::from(args.seconds) * NS_PER_S;
 
     let delivered = Arc::new(AtomicU64::new(0));
-    let auth = args.token.as_ref().map(|t| format!("Bearer {t}"));
-    let snapshot =
-        |url: &str| Snapshot::fetch(url, auth.as_deref()).map_err(|e| wattdb_error(url, e));
-    let before = match &args.target {
-        Target::Null => None,
-        Target::Wattdb(url) => Some(snapshot(url)?),
-    };
-    let baseline = match &args.target {
+    let token = args.token.as_deref();
+    let page = |url: &str| metrics_page(url, token).map_err(|e| wattdb_error(url, e));
+    // WattDB's /metrics before the first publish: the MQTT count to subtract, and the
+    // histograms of the server view.
+    let (baseline, before) = match &args.target {
         Target::Null => {
             null_subscriber(args, qos, delivered.clone())?;
-            0
+            (0, None)
         }
-        Target::Wattdb(url) => mqtt_readings(url, args.token.as_deref())?,
+        Target::Wattdb(url) => {
+            let before = page(url)?;
+            (
+                mqtt_readings(url, &before)?,
+                Some(Snapshot::parse(&before).map_err(|e| wattdb_error(url, e))?),
+            )
+        }
     };
 
     let started = Instant::now();
@@ -204,9 +207,7 @@ pub fn run(args: &MqttBenchArgs) -> Result<MqttBenchReport, MqttBenchError> {
     loop {
         let count = match &args.target {
             Target::Null => delivered.load(Ordering::Relaxed),
-            Target::Wattdb(url) => {
-                mqtt_readings(url, args.token.as_deref())?.saturating_sub(baseline)
-            }
+            Target::Wattdb(url) => mqtt_readings(url, &page(url)?)?.saturating_sub(baseline),
         };
         if count != last.0 {
             last = (count, Instant::now());
@@ -220,7 +221,10 @@ pub fn run(args: &MqttBenchArgs) -> Result<MqttBenchReport, MqttBenchError> {
     let (delivered_readings, done) = last;
     let seconds = done.duration_since(started).as_secs_f64().max(1e-9);
     let server = match (&args.target, &before) {
-        (Target::Wattdb(url), Some(before)) => ServerView::between(before, &snapshot(url)?),
+        (Target::Wattdb(url), Some(before)) => {
+            let after = Snapshot::fetch(url, token).map_err(|e| wattdb_error(url, e))?;
+            ServerView::between(before, &after)
+        }
         _ => None,
     };
     let (lost, duplicated) = match &args.target {
@@ -448,15 +452,9 @@ fn wattdb_error(url: &str, reason: impl ToString) -> MqttBenchError {
     }
 }
 
-/// WattDB's `wattdb_ingested_readings_total{path="mqtt"}`.
-fn mqtt_readings(url: &str, token: Option<&str>) -> Result<u64, MqttBenchError> {
-    let body = crate::http_agent(token, Duration::from_secs(30))
-        .get(&format!("{url}/metrics"))
-        .call()
-        .map_err(|e| wattdb_error(url, e))?
-        .into_string()
-        .map_err(|e| wattdb_error(url, e))?;
-    body.lines()
+/// WattDB's `wattdb_ingested_readings_total{path="mqtt"}` on its `/metrics` page.
+fn mqtt_readings(url: &str, page: &str) -> Result<u64, MqttBenchError> {
+    page.lines()
         .find_map(|l| l.strip_prefix("wattdb_ingested_readings_total{path=\"mqtt\"} "))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|v| v as u64)

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::loadgen::response_text;
+
 /// Histogram of the WAL's group commits (one write and fdatasync each).
 const FSYNC: &str = "wattdb_wal_fsync_seconds";
 /// Histogram of the time from a batch entering the write queue to its being durable
@@ -132,32 +134,33 @@ impl Snapshot {
         })
     }
 
-    /// Reads `/metrics` from the server at `url` (its base URL). `auth` is an
-    /// `Authorization` value; the token needs the read scope.
-    pub fn fetch(url: &str, auth: Option<&str>) -> Result<Self, String> {
-        let url = format!("{}/metrics", url.trim_end_matches('/'));
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(10))
-            .build();
-        let mut req = agent.get(&url);
-        if let Some(auth) = auth {
-            req = req.set("Authorization", auth);
+    /// Reads the histograms from the `/metrics` of the server at `url` (its base URL);
+    /// the token needs the read scope.
+    pub fn fetch(url: &str, token: Option<&str>) -> Result<Self, String> {
+        Self::parse(&metrics_page(url, token)?)
+    }
+}
+
+/// The `/metrics` page of the server at `url` (its base URL); the token needs the read
+/// scope. The error says which URL and why (its status and the start of its body).
+pub fn metrics_page(url: &str, token: Option<&str>) -> Result<String, String> {
+    let url = format!("{}/metrics", url.trim_end_matches('/'));
+    match crate::http_agent(token, Duration::from_secs(30))
+        .get(&url)
+        .call()
+    {
+        Ok(resp) => resp
+            .into_string()
+            .map_err(|e| format!("reading {url} failed: {e}")),
+        Err(ureq::Error::Status(status, resp)) => {
+            let mut body = Vec::new();
+            let _ = resp.into_reader().take(1 << 20).read_to_end(&mut body);
+            Err(format!(
+                "{url} answered HTTP {status}: {}",
+                response_text(&body)
+            ))
         }
-        let text = match req.call() {
-            Ok(resp) => resp
-                .into_string()
-                .map_err(|e| format!("reading {url} failed: {e}"))?,
-            Err(ureq::Error::Status(status, resp)) => {
-                let mut body = Vec::new();
-                let _ = resp.into_reader().take(300).read_to_end(&mut body);
-                return Err(format!(
-                    "{url} answered HTTP {status}: {}",
-                    String::from_utf8_lossy(&body).trim()
-                ));
-            }
-            Err(e) => return Err(format!("{url} could not be read: {e}")),
-        };
-        Self::parse(&text)
+        Err(e) => Err(format!("{url} could not be read: {e}")),
     }
 }
 
