@@ -76,6 +76,10 @@ enum Command {
     /// Time dashboard and analytics questions against a running WattDB that holds
     /// data (e.g. after `wattdb loadgen --backfill 7d`), end to end over HTTP.
     QueryBench(QueryBenchCli),
+    /// Time WAL-like commits (write, then fdatasync) on the disk of a data directory,
+    /// without a server: the floor under the ack latency a server on that disk can
+    /// give. The defaults are the WAL's stream at 500,000 readings/s.
+    DiskBench(DiskBenchCli),
     /// Inspect or repair the write-ahead log of a stopped server.
     Wal {
         #[command(subcommand)]
@@ -521,6 +525,44 @@ fn query_bench(cli: QueryBenchCli) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, clap::Args)]
+struct DiskBenchCli {
+    /// An existing directory on the disk to measure, normally the data directory;
+    /// the benchmark's 64 MiB file is created there and removed afterwards.
+    #[arg(long, default_value = "wattdb-data", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// How long to run (commits per second x seconds commits; longer if the disk
+    /// cannot keep up).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    seconds: u32,
+    /// Commits per second (a loaded WAL commits about once per write request).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    commits_per_s: u32,
+    /// KiB written before each fdatasync, at most 65536 (WAL records take about 64
+    /// bytes a reading).
+    #[arg(long, default_value_t = 320, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    commit_kib: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn disk_bench(cli: DiskBenchCli) -> anyhow::Result<()> {
+    let report = wattdb_benches::disk::run(&wattdb_benches::disk::DiskBenchArgs {
+        dir: cli.data_dir,
+        duration: Duration::from_secs(u64::from(cli.seconds)),
+        commits_per_s: cli.commits_per_s,
+        commit_bytes: usize::try_from(cli.commit_kib * 1024).context("--commit-kib")?,
+    })
+    .context("disk benchmark failed")?;
+    if cli.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        report.print_human();
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
 struct MqttBenchCli {
     /// The broker to publish to.
     #[arg(long, default_value = "mqtt://127.0.0.1:1883", value_name = "URL")]
@@ -728,6 +770,7 @@ fn main() -> anyhow::Result<()> {
         Command::Loadgen(cli) => loadgen(cli),
         Command::MqttBench(cli) => mqtt_bench(cli),
         Command::QueryBench(cli) => query_bench(cli),
+        Command::DiskBench(cli) => disk_bench(cli),
         Command::Wal { command } => {
             init_tracing(LogFormat::Text);
             wal_command(command)

@@ -23,13 +23,16 @@
 //! - [`queries`]: `wattdb query-bench`, dashboard and analytics questions over HTTP.
 //! - [`server_view`]: the server's side of a run (WAL fsync and write latency) from its
 //!   `/metrics` before and after, so a high ack p99 can be told apart from a slow disk.
+//! - [`disk`]: `wattdb disk-bench`, the disk's side alone: WAL-like commits (write and
+//!   `fdatasync`) timed without a server, the floor under the ack tail.
 //! - [`histogram`]: the log-bucket latency histogram the report's percentiles come from.
 //! - [`http1`]: the load generator's write client (HTTP/1.1, head and body in two
 //!   writes; `ureq` does the rest).
 //!
 //! It is not a client library: it knows only the write routes, the query route,
-//! `/metrics` and MQTT publishing.
+//! `/metrics` and MQTT publishing (and, for `disk-bench`, a file of its own).
 
+pub mod disk;
 pub mod encode;
 pub mod histogram;
 pub mod http1;

@@ -1,5 +1,5 @@
 //! `wattdb loadgen` against a real `wattdb serve`: a few seconds, zero loss (a smoke
-//! run, not a timing assertion).
+//! run, not a timing assertion); and `wattdb disk-bench`, which needs no server.
 
 use serde_json::Value;
 
@@ -86,4 +86,75 @@ fn flat_out_json_loses_nothing() {
         .as_u64()
         .unwrap();
     assert_eq!(stored, r["acked_distinct"].as_u64().unwrap(), "{r}");
+}
+
+fn disk_bench(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_wattdb"))
+        .arg("disk-bench")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn disk_bench_times_wal_like_commits_and_leaves_the_directory_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let common = [
+        "--data-dir",
+        data,
+        "--seconds",
+        "1",
+        "--commits-per-s",
+        "20",
+    ];
+    let out = disk_bench(&[&common[..], &["--commit-kib", "8", "--json"]].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(r["commits"], 20, "{r}");
+    assert_eq!(r["commit_bytes"], 8192, "{r}");
+    assert!(
+        r["elapsed_s"].as_f64().unwrap() >= 0.95,
+        "paced at 20/s: {r}"
+    );
+    let p50 = r["p50_ms"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 <= r["max_ms"].as_f64().unwrap(), "{r}");
+    assert!(r["over_25ms"].as_u64().unwrap() <= 20, "{r}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "file removed"
+    );
+
+    // The human form, with the defaults' commit size.
+    let out = disk_bench(&common);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("20 commits of 320 KiB at 20/s (write + fdatasync)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("commit  p50 "), "{stdout}");
+    assert!(stdout.contains(" over 25 ms ("), "{stdout}");
+
+    // A directory that is not there is named, and nothing is created.
+    let missing = dir.path().join("not-yet");
+    let out = disk_bench(&["--data-dir", missing.to_str().unwrap(), "--seconds", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cannot read") && stderr.contains("not-yet"),
+        "{stderr}"
+    );
+    assert!(!missing.exists());
+
+    let out = disk_bench(&["--data-dir", data, "--commits-per-s", "0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("'0' for '--commits-per-s"), "{stderr}");
 }
