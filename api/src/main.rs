@@ -66,9 +66,10 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Simulate a fleet of smart plugs writing to a running WattDB, then verify that
-    /// every acknowledged reading is stored exactly once; also reports the server's own
-    /// WAL fsync and write latency for the run, from its /metrics.
+    /// Simulate a fleet of smart plugs writing to a running WattDB (over HTTP, or
+    /// through an MQTT broker it reads), then verify that every acknowledged reading
+    /// is stored exactly once; also reports the server's own WAL fsync and write
+    /// latency for the run, from its /metrics.
     Loadgen(LoadgenCli),
     /// Measure MQTT ingest through a broker: its own delivery ceiling to a subscriber
     /// that only counts, or a running WattDB's sustained rate (with loss verified).
@@ -435,12 +436,25 @@ struct MqttArgs {
 
 #[derive(Debug, clap::Args)]
 struct LoadgenCli {
-    /// Base URL of the WattDB to load (plain http://; the load generator has no TLS).
+    /// Base URL of the WattDB to load (plain http://; the load generator has no TLS);
+    /// with --protocol mqtt, the WattDB to verify and read /metrics from.
     #[arg(long, default_value = "http://127.0.0.1:8181")]
     url: String,
-    /// Write path: InfluxDB line protocol or JSON readings.
+    /// Write path: InfluxDB line protocol or JSON readings over HTTP, or smart-plug
+    /// JSON messages published to --broker (which the WattDB at --url reads).
     #[arg(long, value_enum, default_value = "lp")]
     protocol: LoadProtocol,
+    /// MQTT broker to publish to (--protocol mqtt; plain TCP). With --token, each
+    /// connection logs in with it as password, as the embedded broker wants.
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883", value_name = "URL")]
+    broker: String,
+    /// QoS of the published messages (--protocol mqtt).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// Readings per MQTT message: 1 publishes one object on the plug's own topic,
+    /// more publish JSON arrays on a gateway topic per connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    per_message: u64,
     /// Simulated plugs (each reports once per simulated second).
     #[arg(long, default_value_t = 1000)]
     plugs: u32,
@@ -629,6 +643,7 @@ fn mqtt_bench(cli: MqttBenchCli) -> anyhow::Result<()> {
 enum LoadProtocol {
     Lp,
     Json,
+    Mqtt,
 }
 
 /// A retention period; `None` keeps data forever.
@@ -671,12 +686,30 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn loadgen(cli: LoadgenCli) -> anyhow::Result<()> {
+    let mqtt = match cli.protocol {
+        LoadProtocol::Mqtt => {
+            let addr = wattdb_ingest::subscriber::BrokerAddr::parse(&cli.broker)?;
+            if addr.tls {
+                bail!("loadgen publishes over plain TCP; give an mqtt:// broker URL");
+            }
+            wattdb_benches::loadgen::MqttLoad {
+                host: addr.host,
+                port: addr.port,
+                qos: cli.qos,
+                per_message: usize::try_from(cli.per_message).context("--per-message")?,
+                login: cli.token.clone().map(|t| ("wattdb-loadgen".to_owned(), t)),
+            }
+        }
+        LoadProtocol::Lp | LoadProtocol::Json => wattdb_benches::loadgen::MqttLoad::default(),
+    };
     let args = wattdb_benches::LoadgenArgs {
         url: cli.url.trim_end_matches('/').to_owned(),
         protocol: match cli.protocol {
             LoadProtocol::Lp => wattdb_benches::Protocol::Lp,
             LoadProtocol::Json => wattdb_benches::Protocol::Json,
+            LoadProtocol::Mqtt => wattdb_benches::Protocol::Mqtt,
         },
+        mqtt,
         plugs: cli.plugs,
         rate: cli.rate,
         max: cli.max,

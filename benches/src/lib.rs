@@ -14,7 +14,7 @@
 //! - [`encode`]: appends a reading to a reusable `Vec<u8>` as one InfluxDB
 //!   line-protocol line ([`encode_lp`]) or one JSON object ([`encode_json`]).
 //! - [`loadgen`]: [`run`] drives a fleet against a server's write routes from a pool of
-//!   keep-alive connections, open loop at a scheduled rate (latency measured from the
+//!   keep-alive connections (or publishes it to an MQTT broker the server reads), open loop at a scheduled rate (latency measured from the
 //!   scheduled send time, so a slow server cannot hide its queueing) or flat out, then
 //!   verifies with SQL that every acknowledged reading is stored exactly once, and
 //!   returns a [`Report`].

@@ -42,6 +42,13 @@
 //! `connection_failed`, `io`, …) counts once and the batch is not acknowledged. A
 //! batch is never dropped without a count.
 //!
+//! MQTT ([`Protocol::Mqtt`]): each sender is a broker connection instead
+//! (`mqtt_sender`). It publishes a batch as smart-plug JSON messages (one per reading
+//! on the plug's topic, or arrays on its lane's gateway topic) and goes on to the next
+//! without waiting; the batch is acknowledged by the broker's PUBACKs. After the last
+//! one, [`run`] waits for WattDB's MQTT reading count to take in what was published
+//! ([`Report::mqtt_drain_s`]) before it reads the server's figures and verifies.
+//!
 //! Server figures: the loadgen reads the server's `/metrics` before the first write
 //! and after the last acknowledgement, and reports what the server's own histograms
 //! recorded in between ([`ServerView`]: WAL fsyncs, and each write's time from the
@@ -70,8 +77,12 @@ use serde::Serialize;
 use crate::encode::{encode_json, encode_lp};
 use crate::histogram::Histogram;
 use crate::http1::{Http1Client, Http1Error, UrlError};
-use crate::server_view::{ServerView, Snapshot};
+use crate::mqtt::mqtt_ingested;
+use crate::server_view::{ServerView, Snapshot, metrics_page};
 use crate::simulator::{Fleet, FleetConfig, NS_PER_S, Reading};
+
+mod mqtt_sender;
+use mqtt_sender::MqttSender;
 
 /// How readings are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
@@ -82,6 +93,9 @@ pub enum Protocol {
     Lp,
     /// JSON array of readings, `POST /api/v1/readings`.
     Json,
+    /// Smart-plug JSON messages published to an MQTT broker that WattDB is subscribed
+    /// to (see [`MqttLoad`]).
+    Mqtt,
 }
 
 impl Protocol {
@@ -89,13 +103,14 @@ impl Protocol {
         match self {
             Self::Lp => "/api/v2/write?precision=ns",
             Self::Json => "/api/v1/readings",
+            Self::Mqtt => "",
         }
     }
 
     fn content_type(self) -> &'static str {
         match self {
             Self::Lp => "text/plain; charset=utf-8",
-            Self::Json => "application/json",
+            Self::Json | Self::Mqtt => "application/json",
         }
     }
 
@@ -103,7 +118,7 @@ impl Protocol {
     pub fn default_batch_size(self) -> usize {
         match self {
             Self::Lp => 5000,
-            Self::Json => 1000,
+            Self::Json | Self::Mqtt => 1000,
         }
     }
 }
@@ -113,6 +128,7 @@ impl fmt::Display for Protocol {
         f.write_str(match self {
             Self::Lp => "lp",
             Self::Json => "json",
+            Self::Mqtt => "mqtt",
         })
     }
 }
@@ -153,6 +169,37 @@ pub struct LoadgenArgs {
     pub max_retries: u32,
     /// Timeout of one request (connect + send + ack).
     pub request_timeout: Duration,
+    /// Where and how [`Protocol::Mqtt`] publishes.
+    pub mqtt: MqttLoad,
+}
+
+/// The broker and messages of a [`Protocol::Mqtt`] run. `url` stays WattDB's, for
+/// `/metrics` and verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttLoad {
+    pub host: String,
+    pub port: u16,
+    /// 0 or 1.
+    pub qos: u8,
+    /// Readings per message: 1 publishes each reading as one object on the plug's
+    /// own topic (`smartplug/{id}/telemetry`); more publish JSON arrays on a gateway
+    /// topic per connection (`smartplug/gateway-{k}/telemetry`).
+    pub per_message: usize,
+    /// User name and password to log in with (the embedded broker takes a write
+    /// token as password).
+    pub login: Option<(String, String)>,
+}
+
+impl Default for MqttLoad {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_owned(),
+            port: 1883,
+            qos: 1,
+            per_message: 1,
+            login: None,
+        }
+    }
 }
 
 impl Default for LoadgenArgs {
@@ -177,6 +224,7 @@ impl Default for LoadgenArgs {
             progress: true,
             max_retries: 30,
             request_timeout: Duration::from_secs(60),
+            mqtt: MqttLoad::default(),
         }
     }
 }
@@ -230,7 +278,9 @@ pub struct Report {
     /// `acked / elapsed_s`.
     pub rows_per_s: f64,
     /// Ack latency per request, from its scheduled send time (open loop) or its actual
-    /// send time (`max`, backfill), in milliseconds.
+    /// send time (`max`, backfill), in milliseconds. Over MQTT a request is a batch of
+    /// messages, acknowledged by the broker's PUBACK of its last message (QoS 1) or of
+    /// a QoS 1 marker published after it (QoS 0).
     pub ack_p50_ms: f64,
     pub ack_p99_ms: f64,
     pub ack_p999_ms: f64,
@@ -251,8 +301,12 @@ pub struct Report {
     pub verify_error: Option<String>,
     /// From the first send to the last ack.
     pub elapsed_s: f64,
-    /// HTTP requests made, retries included.
+    /// HTTP requests made, retries included; over MQTT, messages published.
     pub requests: u64,
+    /// MQTT: seconds from the last PUBACK until WattDB had ingested as many readings
+    /// as were published (or until its count last moved, when it stood still for
+    /// 10 s); `null` over HTTP, or when WattDB's `/metrics` could not be read.
+    pub mqtt_drain_s: Option<f64>,
     /// The server's own figures for the run (WAL fsyncs, queue to queryable), from its
     /// `/metrics` before and after; `null` if they could not be read (see
     /// `server_error`). They include other clients' writes, if any.
@@ -279,9 +333,13 @@ impl fmt::Display for Report {
             "wattdb loadgen: {} plugs over {}, {rate}, {} connections, batches of {}",
             self.plugs, self.protocol, self.connections, self.batch_size
         )?;
+        let unit = match self.protocol {
+            Protocol::Mqtt => "messages",
+            Protocol::Lp | Protocol::Json => "requests",
+        };
         writeln!(
             f,
-            "  sent      {} readings in {} requests over {:.1} s",
+            "  sent      {} readings in {} {unit} over {:.1} s",
             self.sent, self.requests, self.elapsed_s
         )?;
         writeln!(
@@ -294,6 +352,12 @@ impl fmt::Display for Report {
             "  ack       p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
             self.ack_p50_ms, self.ack_p99_ms, self.ack_p999_ms, self.ack_max_ms
         )?;
+        if let Some(drain) = self.mqtt_drain_s {
+            writeln!(
+                f,
+                "  drained   WattDB took the published readings {drain:.2} s after the last PUBACK"
+            )?;
+        }
         if self.errors.is_empty() {
             writeln!(f, "  errors    none")?;
         } else {
@@ -429,29 +493,38 @@ pub fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
     let url = format!("{}{}", args.url.trim_end_matches('/'), args.protocol.path());
     let auth = args.token.as_ref().map(|t| format!("Bearer {t}"));
 
-    // The server's histograms before the first write, to subtract from those after.
-    let before = Snapshot::fetch(&args.url, args.token.as_deref());
+    // The server's /metrics before the first write: histograms to subtract from those
+    // after, and (MQTT) the readings it had taken over MQTT.
+    let before_page = metrics_page(&args.url, args.token.as_deref());
+    let before = before_page
+        .as_deref()
+        .map_err(Clone::clone)
+        .and_then(Snapshot::parse);
+    let mqtt_before = before_page.as_deref().ok().and_then(mqtt_ingested);
 
     let t0 = Instant::now();
     let mut senders = Vec::with_capacity(connections);
     for (i, work) in work_rxs.into_iter().enumerate() {
-        let sender = HttpSender {
-            client: Http1Client::new(
-                &url,
-                args.protocol.content_type(),
-                auth.as_deref(),
-                args.request_timeout,
-            )
-            .map_err(LoadgenError::Url)?,
-            max_retries: args.max_retries,
-            shared: Arc::clone(&shared),
-        };
         let recycle = recycle_tx.clone();
-        let handle = thread::Builder::new()
-            .name(format!("loadgen-sender-{i}"))
-            .spawn(move || sender.run(&work, &recycle))
-            .map_err(LoadgenError::Spawn)?;
-        senders.push(handle);
+        let thread = thread::Builder::new().name(format!("loadgen-sender-{i}"));
+        let handle = if args.protocol == Protocol::Mqtt {
+            let sender = MqttSender::new(&args.mqtt, i, Arc::clone(&shared));
+            thread.spawn(move || sender.run(&work, &recycle))
+        } else {
+            let sender = HttpSender {
+                client: Http1Client::new(
+                    &url,
+                    args.protocol.content_type(),
+                    auth.as_deref(),
+                    args.request_timeout,
+                )
+                .map_err(LoadgenError::Url)?,
+                max_retries: args.max_retries,
+                shared: Arc::clone(&shared),
+            };
+            thread.spawn(move || sender.run(&work, &recycle))
+        };
+        senders.push(handle.map_err(LoadgenError::Spawn)?);
     }
     drop(recycle_tx);
 
@@ -470,6 +543,7 @@ pub fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
 
     let mut producer = Producer {
         protocol: args.protocol,
+        per_message: args.mqtt.per_message,
         batch_size,
         lanes: work_txs
             .into_iter()
@@ -525,6 +599,17 @@ pub fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
     if panicked {
         return Err(LoadgenError::SenderPanicked);
     }
+    // Over MQTT the acknowledgements came from the broker: wait for WattDB to take
+    // what was published before reading its figures and verifying. (Waiting for the
+    // acknowledged count alone is not enough: the broker may pass on messages of a
+    // batch it never acknowledged, which WattDB then counts too.)
+    let mqtt_drain_s = match (args.protocol, mqtt_before) {
+        (Protocol::Mqtt, Some(baseline)) => Some(drain_mqtt(
+            &args,
+            baseline + shared.sent.load(Ordering::Relaxed),
+        )),
+        _ => None,
+    };
 
     let (server, server_error) = match (before, Snapshot::fetch(&args.url, args.token.as_deref())) {
         (Ok(before), Ok(after)) => match ServerView::between(&before, &after) {
@@ -567,6 +652,7 @@ pub fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
         verify_error: None,
         elapsed_s,
         requests: shared.requests.load(Ordering::Relaxed),
+        mqtt_drain_s,
         server,
         server_error,
     };
@@ -612,6 +698,14 @@ fn validate(args: &LoadgenArgs) -> Result<(), LoadgenError> {
     {
         return bad("backfill", "start must be before end");
     }
+    if args.protocol == Protocol::Mqtt {
+        if args.mqtt.qos > 1 {
+            return bad("qos", "must be 0 or 1");
+        }
+        if args.mqtt.per_message == 0 {
+            return bad("per_message", "must be at least 1");
+        }
+    }
     if !args.url.starts_with("http://") && !args.url.starts_with("https://") {
         return bad("url", "must start with http:// or https://");
     }
@@ -631,6 +725,28 @@ fn agent(timeout: Duration) -> ureq::Agent {
         .max_idle_connections(4)
         .max_idle_connections_per_host(2)
         .build()
+}
+
+/// How long WattDB took, from now, until its `/metrics` counted `target` readings
+/// taken over MQTT in all; gives up after [`MQTT_DRAIN_IDLE`] without progress.
+fn drain_mqtt(args: &LoadgenArgs, target: u64) -> f64 {
+    let start = Instant::now();
+    let mut last = (None, Instant::now());
+    loop {
+        let now = metrics_page(&args.url, args.token.as_deref())
+            .ok()
+            .as_deref()
+            .and_then(mqtt_ingested);
+        if now.is_some_and(|n| n >= target) {
+            return start.elapsed().as_secs_f64();
+        }
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > MQTT_DRAIN_IDLE {
+            return last.1.duration_since(start).as_secs_f64();
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// `error: cause: cause`.
@@ -731,10 +847,15 @@ fn split_key(key: u64) -> (u64, u32) {
     (key >> 32, key as u32)
 }
 
-/// One request's worth of readings.
+/// One request's worth of readings (over MQTT, a run of messages).
 #[derive(Debug)]
 struct Batch {
+    /// The request body; over MQTT, the JSON array being filled.
     body: Vec<u8>,
+    /// MQTT: (topic, payload) in publishing order.
+    messages: Vec<(String, Vec<u8>)>,
+    /// MQTT: readings in `body`'s open array.
+    in_array: usize,
     keys: Vec<u64>,
     min_ts: i64,
     max_ts: i64,
@@ -747,9 +868,12 @@ impl Batch {
         let per_row = match protocol {
             Protocol::Lp => 190,
             Protocol::Json => 230,
+            Protocol::Mqtt => 0,
         };
         Self {
             body: Vec::with_capacity(rows * per_row + 2),
+            messages: Vec::new(),
+            in_array: 0,
             keys: Vec::with_capacity(rows),
             min_ts: i64::MAX,
             max_ts: i64::MIN,
@@ -759,6 +883,8 @@ impl Batch {
 
     fn clear(&mut self) {
         self.body.clear();
+        self.messages.clear();
+        self.in_array = 0;
         self.keys.clear();
         self.min_ts = i64::MAX;
         self.max_ts = i64::MIN;
@@ -767,6 +893,20 @@ impl Batch {
 
     fn rows(&self) -> usize {
         self.keys.len()
+    }
+
+    /// MQTT: ends the open JSON array (if any) as a message on lane `lane`'s gateway
+    /// topic.
+    fn close_array(&mut self, lane: usize) {
+        if self.in_array == 0 {
+            return;
+        }
+        self.body.push(b']');
+        let topic = format!("smartplug/gateway-{lane}/telemetry");
+        let next = Vec::with_capacity(self.body.len());
+        let payload = std::mem::replace(&mut self.body, next);
+        self.messages.push((topic, payload));
+        self.in_array = 0;
     }
 }
 
@@ -787,6 +927,8 @@ struct Lane {
 /// Encodes readings into batches and hands them to the senders on schedule.
 struct Producer {
     protocol: Protocol,
+    /// MQTT: readings per message.
+    per_message: usize,
     batch_size: usize,
     /// One per sender; plug `p` goes to lane `p % lanes`.
     lanes: Vec<Lane>,
@@ -824,6 +966,20 @@ impl Producer {
                 b.body.push(if b.keys.is_empty() { b'[' } else { b',' });
                 encode_json(r, &mut b.body);
             }
+            Protocol::Mqtt if self.per_message == 1 => {
+                let mut payload = Vec::with_capacity(200);
+                encode_json(r, &mut payload);
+                let topic = format!("smartplug/{}/telemetry", r.device_id());
+                b.messages.push((topic, payload));
+            }
+            Protocol::Mqtt => {
+                b.body.push(if b.in_array == 0 { b'[' } else { b',' });
+                encode_json(r, &mut b.body);
+                b.in_array += 1;
+                if b.in_array == self.per_message {
+                    b.close_array(lane);
+                }
+            }
         }
         b.keys.push(key(r));
         b.min_ts = b.min_ts.min(r.ts);
@@ -852,8 +1008,10 @@ impl Producer {
             return;
         }
         *target = self.batch_size;
-        if self.protocol == Protocol::Json {
-            batch.body.push(b']');
+        match self.protocol {
+            Protocol::Json => batch.body.push(b']'),
+            Protocol::Mqtt => batch.close_array(lane),
+            Protocol::Lp => {}
         }
         if let Pacing::Open { rate } = self.pacing {
             let due = self.t0 + Duration::from_secs_f64(self.emitted as f64 / rate as f64);
@@ -899,6 +1057,22 @@ impl SenderStats {
         *self.errors.entry(kind).or_insert(0) += 1;
     }
 
+    /// Counts `batch`, sent at `sent_at`, as acknowledged now.
+    fn acknowledged(&mut self, shared: &Shared, batch: &Batch, sent_at: Instant) {
+        let from = batch.scheduled.unwrap_or(sent_at);
+        let us = u64::try_from(from.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.latency_us.record(us);
+        shared.slowest_us.fetch_max(us, Ordering::Relaxed);
+        shared
+            .acked
+            .fetch_add(batch.rows() as u64, Ordering::Relaxed);
+        shared
+            .acks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .mark(batch);
+    }
+
     fn merge(&mut self, other: Self) {
         self.latency_us.merge(&other.latency_us);
         for (k, n) in other.errors {
@@ -918,6 +1092,8 @@ struct HttpSender {
 }
 
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+/// How long [`drain_mqtt`] waits for WattDB's MQTT count to move.
+const MQTT_DRAIN_IDLE: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Bytes of an error response kept as its sample.
 const SAMPLE_LEN: usize = 300;
@@ -928,18 +1104,7 @@ impl HttpSender {
         while let Ok(mut batch) = work.recv() {
             let sent_at = Instant::now();
             if self.send(&batch.body, &mut stats) {
-                let from = batch.scheduled.unwrap_or(sent_at);
-                let us = u64::try_from(from.elapsed().as_micros()).unwrap_or(u64::MAX);
-                stats.latency_us.record(us);
-                self.shared.slowest_us.fetch_max(us, Ordering::Relaxed);
-                self.shared
-                    .acked
-                    .fetch_add(batch.rows() as u64, Ordering::Relaxed);
-                self.shared
-                    .acks
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .mark(&batch);
+                stats.acknowledged(&self.shared, &batch, sent_at);
             }
             batch.clear();
             // The producer may be gone already; then the buffer is simply dropped.

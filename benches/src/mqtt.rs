@@ -314,7 +314,7 @@ fn encode(args: &MqttBenchArgs, start_ns: i64) -> (Vec<Messages>, u64, u64) {
     (shares, messages, readings)
 }
 
-fn options(client_id: &str, host: &str, port: u16) -> MqttOptions {
+pub(crate) fn options(client_id: &str, host: &str, port: u16) -> MqttOptions {
     let mut o = MqttOptions::new(client_id, host, port);
     o.set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(64 << 20, 64 << 20)
@@ -454,11 +454,16 @@ fn wattdb_error(url: &str, reason: impl ToString) -> MqttBenchError {
 
 /// WattDB's `wattdb_ingested_readings_total{path="mqtt"}` on its `/metrics` page.
 fn mqtt_readings(url: &str, page: &str) -> Result<u64, MqttBenchError> {
+    mqtt_ingested(page)
+        .ok_or_else(|| wattdb_error(url, "no MQTT ingest (is it started with --no-mqtt?)"))
+}
+
+/// `wattdb_ingested_readings_total{path="mqtt"}` on a `/metrics` page, if there.
+pub(crate) fn mqtt_ingested(page: &str) -> Option<u64> {
     page.lines()
         .find_map(|l| l.strip_prefix("wattdb_ingested_readings_total{path=\"mqtt\"} "))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|v| v as u64)
-        .ok_or_else(|| wattdb_error(url, "no MQTT ingest (is it started with --no-mqtt?)"))
 }
 
 /// Stored and distinct readings of the run's `plugs` in `[min_ts, max_ts]`, where

@@ -33,8 +33,8 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     /// Settings a WattDB deployment needs (see scripts/mosquitto/wattdb.conf): a deep
-    /// queue for the persistent session while WattDB is away, and a wide in-flight
-    /// window. Anonymous clients allowed.
+    /// queue for the persistent session while WattDB is away, a wide in-flight window
+    /// and no Nagle delay. Anonymous clients allowed.
     pub fn start() -> Mosquitto {
         Mosquitto::start_with(|_| "allow_anonymous true\n".to_owned())
     }
@@ -53,7 +53,7 @@ impl Mosquitto {
             &conf,
             format!(
                 "listener {port} 127.0.0.1\npersistence false\nuser root\n\
-                 max_inflight_messages 1000\nmax_queued_messages 1000000\n\
+                 max_inflight_messages 1000\nmax_queued_messages 1000000\nset_tcp_nodelay true\n\
                  log_dest stderr\nlog_type error\nlog_type warning\n{}",
                 extra(dir.path())
             ),
@@ -797,4 +797,156 @@ fn the_embedded_broker_takes_only_plugs_that_log_in_with_a_write_token() {
     let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
     assert!(log.contains("MQTT login refused"), "{log}");
     assert!(!log.contains(read.rsplit('_').next().unwrap()));
+}
+
+/// `wattdb loadgen --protocol mqtt --json` with `args`; the report.
+fn loadgen_mqtt(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_wattdb"))
+        .args(["loadgen", "--protocol", "mqtt", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "loadgen failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[test]
+fn loadgen_over_mosquitto_loses_nothing_at_qos_1_and_qos_0() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--mqtt-url", &broker.url()]);
+    wait_subscribed(&server);
+    let common = ["--url", &server.url, "--broker", &broker.url()];
+
+    // QoS 1, one reading per message on each plug's own topic, with late, resent and
+    // out-of-order readings.
+    let r = loadgen_mqtt(
+        &[
+            &common[..],
+            &[
+                "--plugs",
+                "200",
+                "--duration",
+                "3s",
+                "--seed",
+                "3",
+                "--late-share",
+                "0.02",
+                "--duplicate-share",
+                "0.02",
+                "--out-of-order-share",
+                "0.02",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(r["protocol"], "mqtt", "{r}");
+    assert_eq!(r["errors"].as_object().map_or(0, |e| e.len()), 0, "{r}");
+    assert!(r["acked"].as_u64().unwrap() >= 400, "{r}");
+    assert_eq!(r["sent"], r["acked"], "{r}");
+    // One message a reading.
+    assert_eq!(r["requests"], r["sent"], "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["duplicated"], 0, "{r}");
+    assert!(r["mqtt_drain_s"].as_f64().is_some(), "{r}");
+    assert!(r["ack_p99_ms"].as_f64().unwrap() > 0.0, "{r}");
+    // WattDB wrote what the broker delivered: at least one group commit.
+    assert!(r["server"]["wal_fsyncs"].as_u64().unwrap() >= 1, "{r}");
+
+    // QoS 0, gateway arrays of 50 readings: each batch ends with a QoS 1 marker.
+    let r = loadgen_mqtt(
+        &[
+            &common[..],
+            &[
+                "--plugs",
+                "300",
+                "--duration",
+                "2s",
+                "--seed",
+                "4",
+                "--qos",
+                "0",
+                "--per-message",
+                "50",
+                "--connections",
+                "2",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(r["errors"].as_object().map_or(0, |e| e.len()), 0, "{r}");
+    let sent = r["sent"].as_u64().unwrap();
+    assert_eq!(sent, 600, "{r}");
+    assert_eq!(r["acked"], sent, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["duplicated"], 0, "{r}");
+    // At least 12 arrays of 50 (a batch's last array may be shorter), and a marker
+    // after each batch.
+    let messages = r["requests"].as_u64().unwrap();
+    assert!((14..=40).contains(&messages), "{r}");
+}
+
+#[test]
+fn loadgen_counts_every_batch_a_broker_never_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    // Nothing listens on the broker port.
+    let closed = format!("mqtt://127.0.0.1:{}", free_port());
+    let r = loadgen_mqtt(&[
+        "--url",
+        &server.url,
+        "--broker",
+        &closed,
+        "--plugs",
+        "20",
+        "--duration",
+        "1s",
+        "--connections",
+        "2",
+    ]);
+    assert_eq!(r["acked"], 0, "{r}");
+    assert_eq!(r["sent"], 20, "{r}");
+    let errors = &r["errors"];
+    assert_eq!(errors["mqtt_connection"], 2, "one per connection: {r}");
+    assert!(errors["mqtt_unacked"].as_u64().unwrap() >= 2, "{r}");
+    assert!(
+        r["error_samples"]["mqtt_connection"]
+            .as_str()
+            .unwrap()
+            .contains("refused"),
+        "{r}"
+    );
+    assert_eq!(r["lost"], 0, "nothing acknowledged, nothing to lose: {r}");
+}
+
+#[test]
+fn loadgen_logs_in_to_the_embedded_broker_with_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = Server::start_with_auth(&dir.path().join("data"), &["--mqtt-listen", &listen]);
+    wait_subscribed(&server);
+    let token = server.token.clone().unwrap();
+    let r = loadgen_mqtt(&[
+        "--url",
+        &server.url,
+        "--broker",
+        &format!("mqtt://{listen}"),
+        "--token",
+        &token,
+        "--plugs",
+        "100",
+        "--duration",
+        "2s",
+    ]);
+    assert_eq!(r["errors"].as_object().map_or(0, |e| e.len()), 0, "{r}");
+    assert_eq!(r["acked"], 200, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["duplicated"], 0, "{r}");
+    assert!(r["server"].is_object(), "{r}");
 }
