@@ -10,8 +10,8 @@
 //! its broker waits, as a plug does, instead of wrapping rumqttc's packet ids around
 //! onto messages still in flight (which ends the connection once it lasts two
 //! keep-alive pings). A connection error ends the lane: it counts once under
-//! `mqtt_connection`, and each batch left without its acknowledgement under
-//! `mqtt_unacked`.
+//! `mqtt_connection`, and each batch left without its acknowledgement (then, or
+//! [`LAST_ACKS_WAIT`] after the lane's last batch) under `mqtt_unacked`.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -225,7 +225,11 @@ impl MqttSender {
 fn unacked(stats: &mut SenderStats, shared: &Shared, mut batch: Batch, recycle: &Sender<Batch>) {
     let rows = batch.rows();
     stats.error(shared, "mqtt_unacked".to_owned(), || {
-        format!("a batch of {rows} readings was not acknowledged: the connection failed")
+        format!(
+            "a batch of {rows} readings was not acknowledged (connection lost, or no \
+             PUBACK within {} s of the last batch)",
+            LAST_ACKS_WAIT.as_secs()
+        )
     });
     batch.clear();
     let _ = recycle.send(batch);
