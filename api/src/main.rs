@@ -474,8 +474,9 @@ struct LoadgenCli {
     /// Seed of the simulated fleet (same seed, same readings).
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Readings per request (default 5000 for lp, 1000 for json; capped so each
-    /// connection sends at least once a second in open loop).
+    /// Readings per request, or per run of MQTT messages acknowledged together
+    /// (default 5000 for lp, 1000 for json and mqtt; capped so each connection sends
+    /// at least once a second in open loop).
     #[arg(long)]
     batch_size: Option<usize>,
     /// Concurrent connections; each sends the readings of its own share of the plugs,

@@ -6,18 +6,7 @@ use serde_json::Value;
 use crate::support::Server;
 
 fn loadgen(server: &Server, extra: &[&str]) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wattdb"))
-        .args(["loadgen", "--json", "--url", &server.url])
-        .args(extra)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "loadgen failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    crate::support::loadgen_json(&[&["--url", server.url.as_str()], extra].concat())
 }
 
 #[test]

@@ -801,18 +801,7 @@ fn the_embedded_broker_takes_only_plugs_that_log_in_with_a_write_token() {
 
 /// `wattdb loadgen --protocol mqtt --json` with `args`; the report.
 fn loadgen_mqtt(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_wattdb"))
-        .args(["loadgen", "--protocol", "mqtt", "--json"])
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "loadgen failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    crate::support::loadgen_json(&[&["--protocol", "mqtt"], args].concat())
 }
 
 #[test]

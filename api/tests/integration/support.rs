@@ -290,3 +290,19 @@ pub fn python(script: &str, env: &[(&str, &str)]) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// `wattdb loadgen --json` with `args`, which must succeed; its report.
+pub fn loadgen_json(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_wattdb"))
+        .args(["loadgen", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "loadgen failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
