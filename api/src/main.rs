@@ -701,7 +701,14 @@ fn loadgen(cli: LoadgenCli) -> anyhow::Result<()> {
                 login: cli.token.clone().map(|t| ("wattdb-loadgen".to_owned(), t)),
             }
         }
-        LoadProtocol::Lp | LoadProtocol::Json => wattdb_benches::loadgen::MqttLoad::default(),
+        LoadProtocol::Lp | LoadProtocol::Json => {
+            let default = wattdb_benches::loadgen::MqttLoad::default();
+            let broker = format!("mqtt://{}:{}", default.host, default.port);
+            if cli.broker != broker || cli.qos != 1 || cli.per_message != 1 {
+                bail!("--broker, --qos and --per-message apply only to --protocol mqtt");
+            }
+            default
+        }
     };
     let args = wattdb_benches::LoadgenArgs {
         url: cli.url.trim_end_matches('/').to_owned(),

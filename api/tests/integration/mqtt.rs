@@ -881,6 +881,20 @@ fn loadgen_over_mosquitto_loses_nothing_at_qos_1_and_qos_0() {
 }
 
 #[test]
+fn loadgen_mqtt_flags_without_protocol_mqtt_are_an_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wattdb"))
+        .args(["loadgen", "--qos", "0", "--url", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--broker, --qos and --per-message apply only to --protocol mqtt"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn loadgen_counts_every_batch_a_broker_never_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
