@@ -608,11 +608,17 @@ struct MqttBenchCli {
     json: bool,
 }
 
-fn mqtt_bench(cli: MqttBenchCli) -> anyhow::Result<()> {
-    let addr = wattdb_ingest::subscriber::BrokerAddr::parse(&cli.broker)?;
+/// The broker at `url` for `tool`, which publishes over plain TCP only.
+fn plain_broker(url: &str, tool: &str) -> anyhow::Result<wattdb_ingest::subscriber::BrokerAddr> {
+    let addr = wattdb_ingest::subscriber::BrokerAddr::parse(url)?;
     if addr.tls {
-        bail!("mqtt-bench publishes over plain TCP; give an mqtt:// broker URL");
+        bail!("{tool} publishes over plain TCP; give an mqtt:// broker URL");
     }
+    Ok(addr)
+}
+
+fn mqtt_bench(cli: MqttBenchCli) -> anyhow::Result<()> {
+    let addr = plain_broker(&cli.broker, "mqtt-bench")?;
     let args = wattdb_benches::mqtt::MqttBenchArgs {
         host: addr.host,
         port: addr.port,
@@ -689,10 +695,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn loadgen(cli: LoadgenCli) -> anyhow::Result<()> {
     let mqtt = match cli.protocol {
         LoadProtocol::Mqtt => {
-            let addr = wattdb_ingest::subscriber::BrokerAddr::parse(&cli.broker)?;
-            if addr.tls {
-                bail!("loadgen publishes over plain TCP; give an mqtt:// broker URL");
-            }
+            let addr = plain_broker(&cli.broker, "loadgen")?;
             wattdb_benches::loadgen::MqttLoad {
                 host: addr.host,
                 port: addr.port,

@@ -64,6 +64,7 @@
 //! stored beyond the distinct ones).
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::fmt::{self, Write as _};
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,7 +78,7 @@ use serde::Serialize;
 use crate::encode::{encode_json, encode_lp};
 use crate::histogram::Histogram;
 use crate::http1::{Http1Client, Http1Error, UrlError};
-use crate::mqtt::mqtt_ingested;
+use crate::mqtt::{mqtt_ingested, wait_for_count};
 use crate::server_view::{ServerView, Snapshot, metrics_page};
 use crate::simulator::{Fleet, FleetConfig, NS_PER_S, Reading};
 
@@ -728,25 +729,16 @@ fn agent(timeout: Duration) -> ureq::Agent {
 }
 
 /// How long WattDB took, from now, until its `/metrics` counted `target` readings
-/// taken over MQTT in all; gives up after [`MQTT_DRAIN_IDLE`] without progress.
+/// taken over MQTT in all; gives up after [`MQTT_DRAIN_IDLE`] without progress (then:
+/// until the count last moved).
 fn drain_mqtt(args: &LoadgenArgs, target: u64) -> f64 {
     let start = Instant::now();
-    let mut last = (None, Instant::now());
-    loop {
-        let now = metrics_page(&args.url, args.token.as_deref())
-            .ok()
-            .as_deref()
-            .and_then(mqtt_ingested);
-        if now.is_some_and(|n| n >= target) {
-            return start.elapsed().as_secs_f64();
-        }
-        if now != last.0 {
-            last = (now, Instant::now());
-        } else if last.1.elapsed() > MQTT_DRAIN_IDLE {
-            return last.1.duration_since(start).as_secs_f64();
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    let read = || {
+        let page = metrics_page(&args.url, args.token.as_deref());
+        Ok::<_, Infallible>(page.ok().as_deref().and_then(mqtt_ingested))
+    };
+    let Ok((_, done)) = wait_for_count(read, target, MQTT_DRAIN_IDLE);
+    done.saturating_duration_since(start).as_secs_f64()
 }
 
 /// `error: cause: cause`.

@@ -202,23 +202,17 @@ pub fn run(args: &MqttBenchArgs) -> Result<MqttBenchReport, MqttBenchError> {
     let publish_seconds = started.elapsed().as_secs_f64();
 
     // Wait for deliveries until all are in or progress stops.
-    let mut last = (0, Instant::now());
-    let mut last_change = started;
-    loop {
-        let count = match &args.target {
-            Target::Null => delivered.load(Ordering::Relaxed),
-            Target::Wattdb(url) => mqtt_readings(url, &page(url)?)?.saturating_sub(baseline),
-        };
-        if count != last.0 {
-            last = (count, Instant::now());
-            last_change = last.1;
-        }
-        if count >= readings || last_change.elapsed() > args.idle_timeout {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (delivered_readings, done) = last;
+    let (delivered_readings, done) = wait_for_count(
+        || match &args.target {
+            Target::Null => Ok(Some(delivered.load(Ordering::Relaxed))),
+            Target::Wattdb(url) => Ok(Some(
+                mqtt_readings(url, &page(url)?)?.saturating_sub(baseline),
+            )),
+        },
+        readings,
+        args.idle_timeout,
+    )?;
+    let delivered_readings = delivered_readings.unwrap_or(0);
     let seconds = done.duration_since(started).as_secs_f64().max(1e-9);
     let server = match (&args.target, &before) {
         (Target::Wattdb(url), Some(before)) => {
@@ -449,6 +443,27 @@ fn wattdb_error(url: &str, reason: impl ToString) -> MqttBenchError {
     MqttBenchError::Wattdb {
         url: url.to_owned(),
         reason: reason.to_string(),
+    }
+}
+
+/// Polls `count` every 20 ms until it reads at least `target` or has read the same
+/// for `idle` (`None`: could not be read this time). Returns the last reading and when
+/// it was first read: the moment the target was reached, or the last change.
+pub(crate) fn wait_for_count<E>(
+    mut count: impl FnMut() -> Result<Option<u64>, E>,
+    target: u64,
+    idle: Duration,
+) -> Result<(Option<u64>, Instant), E> {
+    let mut last = (None, Instant::now());
+    loop {
+        let now = count()?;
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        if now.is_some_and(|n| n >= target) || last.1.elapsed() > idle {
+            return Ok(last);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

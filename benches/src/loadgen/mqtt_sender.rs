@@ -47,8 +47,6 @@ struct Track {
     pending: VecDeque<InFlight>,
     /// QoS 1 messages acknowledged, all of them from the first.
     acked: u64,
-    /// The sender has published its last batch.
-    closed: bool,
 }
 
 /// What the sender and the connection thread share.
@@ -61,14 +59,14 @@ struct Lane {
 }
 
 impl Lane {
-    /// Waits until fewer than [`WINDOW`] of `published` QoS 1 messages are
-    /// unacknowledged; false if the connection failed meanwhile.
-    fn wait_for_room(&self, published: u64) -> bool {
+    /// Waits until `done` holds, the connection fails, or `deadline` (if any) passes;
+    /// false if the connection failed.
+    fn wait_until(&self, done: impl Fn(&Track) -> bool, deadline: Option<Instant>) -> bool {
         let mut t = lock(&self.track);
-        while published.saturating_sub(t.acked) >= WINDOW {
-            if self.failed.load(Ordering::Relaxed) {
-                return false;
-            }
+        while !done(&t)
+            && !self.failed.load(Ordering::Relaxed)
+            && deadline.is_none_or(|d| Instant::now() < d)
+        {
             t = self
                 .acked
                 .wait_timeout(t, Duration::from_millis(100))
@@ -76,6 +74,12 @@ impl Lane {
                 .0;
         }
         !self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Waits until fewer than [`WINDOW`] of `published` QoS 1 messages are
+    /// unacknowledged; false if the connection failed meanwhile.
+    fn wait_for_room(&self, published: u64) -> bool {
+        self.wait_until(|t| published.saturating_sub(t.acked) < WINDOW, None)
     }
 }
 
@@ -189,21 +193,10 @@ impl MqttSender {
         }
         // The acknowledgements still due, then a clean disconnect, which also ends the
         // connection thread.
-        {
-            let deadline = Instant::now() + LAST_ACKS_WAIT;
-            let mut t = lock(&lane.track);
-            t.closed = true;
-            while !t.pending.is_empty()
-                && !lane.failed.load(Ordering::Relaxed)
-                && Instant::now() < deadline
-            {
-                t = lane
-                    .acked
-                    .wait_timeout(t, Duration::from_millis(100))
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
-        }
+        lane.wait_until(
+            |t| t.pending.is_empty(),
+            Some(Instant::now() + LAST_ACKS_WAIT),
+        );
         let _ = client.disconnect();
         drop(client);
         if let Some(handle) = acks {
